@@ -1,0 +1,3 @@
+from cifar.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,295 @@
+"""The artifact layout: the only module that knows where runs live on disk.
+
+Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
+
+    <root>/runs/<run_id>/        a complete run, visible to every reader
+        metadata.json            config, environment, data fingerprint, summary
+        history.parquet          one row per epoch
+        metrics.parquet          one row: test loss/accuracy, F1, speed ...
+        per_class.parquet        one row per class: precision, recall, F1
+        confusion.parquet        long form: true, predicted, count
+        predictions.parquet      one row per test image: labels + probabilities
+        gallery.parquet          misclassified (and a few correct) test images
+        model.keras              the trained model, no optimizer state
+        manifest.json            sha256 of every file above
+    <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
+    <root>/.staging/             where a finished run is assembled
+
+A run becomes visible only by one atomic rename from `.staging/` into
+`runs/`, so a reader never sees half a run. Readers skip broken or foreign
+folders with a reason instead of crashing.
+
+The root is `artifacts/` next to the package, or $CIFAR_ARTIFACTS.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from cifar.errors import RunError
+
+SCHEMA_VERSION = 1
+TABLES = ("history", "metrics", "per_class", "confusion", "predictions", "gallery")
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "manifest.json"
+REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
+
+
+# ---------------------------------------------------------------- locations
+
+def root() -> Path:
+    """The artifacts root; $CIFAR_ARTIFACTS overrides it (tests, other disks)."""
+    env = os.environ.get("CIFAR_ARTIFACTS")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "artifacts"
+
+
+def runs_dir() -> Path:
+    return root() / "runs"
+
+
+def run_dir(run_id: str) -> Path:
+    return runs_dir() / check_run_id(run_id)
+
+
+def work_dir(run_id: str) -> Path:
+    """Scratch folder of a run in progress: checkpoints, progress, state."""
+    return root() / "work" / check_run_id(run_id)
+
+
+def progress_path(run_id: str) -> Path:
+    return work_dir(run_id) / "progress.json"
+
+
+def jobs_dir() -> Path:
+    """Where the background job runner keeps its database and logs."""
+    return root() / "jobs"
+
+
+def new_run_id(model_name: str, now: _dt.datetime | None = None) -> str:
+    """Ids sort by creation time and say which model they hold."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}Z-{model_name}-{secrets.token_hex(2)}"
+
+
+def check_run_id(run_id: str) -> str:
+    """Reject anything that is not a run id, so ids never escape the root."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise RunError(
+            f"'{run_id}' is not a run id (expected like 20261125T132500Z-cnn_baseline-1a2b). "
+            "List runs with: python -m cifar runs")
+    return run_id
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON so a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- writing a run
+
+@dataclass
+class RunStaging:
+    """A run being assembled out of sight; `publish()` makes it visible."""
+
+    run_id: str
+    path: Path
+
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        if name not in TABLES:
+            raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+        frame.to_parquet(self.path / f"{name}.parquet", index=False)
+
+    def write_metadata(self, metadata: dict) -> None:
+        write_json_atomic(self.path / METADATA_FILE, {"schema_version": SCHEMA_VERSION, **metadata})
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    def publish(self) -> Path:
+        """Checksum everything, then rename the folder into runs/ in one step."""
+        missing = [f for f in REQUIRED_FILES if f != MANIFEST_FILE and not (self.path / f).exists()]
+        if missing:
+            raise RunError(f"run {self.run_id} is incomplete, missing {missing}; nothing was published")
+        files = sorted(p.name for p in self.path.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
+        manifest = {"schema_version": SCHEMA_VERSION, "files": {n: sha256_file(self.path / n) for n in files}}
+        write_json_atomic(self.path / MANIFEST_FILE, manifest)
+        final = run_dir(self.run_id)
+        if final.exists():
+            raise RunError(f"run {self.run_id} already exists; refusing to overwrite it")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.path, final)
+        return final
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def stage_run(run_id: str) -> RunStaging:
+    """Start assembling a run in .staging/ (same filesystem, so rename is atomic)."""
+    check_run_id(run_id)
+    path = root() / ".staging" / f"{run_id}.{secrets.token_hex(3)}"
+    path.mkdir(parents=True)
+    return RunStaging(run_id, path)
+
+
+# ---------------------------------------------------------------- reading runs
+
+@dataclass
+class Skipped:
+    """A folder under runs/ that is not a readable run, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    path: Path
+    metadata: dict = field(repr=False)
+
+    @property
+    def model(self) -> str:
+        return self.metadata.get("model", "?")
+
+
+def _inspect(path: Path) -> RunInfo | Skipped:
+    name = path.name
+    if not path.is_dir():
+        return Skipped(name, "not a folder")
+    if not _RUN_ID.match(name):
+        return Skipped(name, "folder name is not a run id")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if missing:
+        return Skipped(name, f"incomplete run, missing {', '.join(missing)}")
+    try:
+        metadata = read_json(path / METADATA_FILE)
+    except (OSError, ValueError) as exc:
+        return Skipped(name, f"metadata.json is unreadable ({exc.__class__.__name__})")
+    if not isinstance(metadata, dict):
+        return Skipped(name, "metadata.json is not an object")
+    version = metadata.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return Skipped(name, f"schema version {version!r}, this code reads {SCHEMA_VERSION}")
+    return RunInfo(name, path, metadata)
+
+
+def scan_runs() -> tuple[list[RunInfo], list[Skipped]]:
+    """Every readable run (oldest first) and every folder skipped, with a reason."""
+    base = runs_dir()
+    if not base.is_dir():
+        return [], []
+    runs, skipped = [], []
+    for path in sorted(base.iterdir()):
+        if path.name.startswith("."):
+            continue
+        found = _inspect(path)
+        (runs if isinstance(found, RunInfo) else skipped).append(found)
+    return runs, skipped
+
+
+def list_runs() -> list[RunInfo]:
+    return scan_runs()[0]
+
+
+def runs_signature() -> tuple:
+    """Cheap fingerprint of what is on disk, for caches keyed on change."""
+    base = runs_dir()
+    if not base.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in base.iterdir()))
+
+
+def get_run(run_id: str) -> RunInfo:
+    path = run_dir(run_id)
+    if not path.exists():
+        raise RunError(f"no run '{run_id}' under {runs_dir()}. List runs with: python -m cifar runs")
+    found = _inspect(path)
+    if isinstance(found, Skipped):
+        raise RunError(f"run '{run_id}' cannot be read: {found.reason}")
+    return found
+
+
+def read_table(run_id: str, name: str) -> pd.DataFrame:
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+    path = get_run(run_id).path / f"{name}.parquet"
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
+                       "delete the run folder or re-run it") from exc
+
+
+def load_run(run_id: str) -> dict:
+    """Metadata plus every table of one run, as {"metadata": ..., name: DataFrame}."""
+    info = get_run(run_id)
+    return {"metadata": info.metadata, **{name: read_table(run_id, name) for name in TABLES}}
+
+
+def all_runs_table(name: str) -> pd.DataFrame:
+    """One table across all readable runs, with a leading run_id column."""
+    frames = []
+    for info in list_runs():
+        try:
+            frame = read_table(info.run_id, name)
+        except RunError:
+            continue
+        frames.append(frame.assign(run_id=info.run_id)[["run_id", *frame.columns]])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"run_id": []})
+
+
+def verify_run(run_id: str) -> list[str]:
+    """Files whose sha256 no longer matches the manifest (empty list: intact)."""
+    info = get_run(run_id)
+    manifest = read_json(info.path / MANIFEST_FILE).get("files", {})
+    return [n for n, digest in manifest.items()
+            if not (info.path / n).is_file() or sha256_file(info.path / n) != digest]
+
+
+def model_path(run_id: str) -> Path:
+    return get_run(run_id).path / MODEL_FILE
+
+
+def run_file_paths(run_id: str) -> dict[str, Path]:
+    """Name -> path of every file of a run, for download buttons."""
+    info = get_run(run_id)
+    return {p.name: p for p in sorted(info.path.iterdir()) if p.is_file()}
+
+
+def delete_run(run_id: str) -> None:
+    shutil.rmtree(run_dir(run_id))

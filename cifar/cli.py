@@ -1,0 +1,268 @@
+"""Command line: `python -m cifar COMMAND ...` (see `python -m cifar --help`).
+
+Every expected failure (bad flag value, unknown model, missing data, broken
+image) exits non-zero with one clear line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cifar.errors import CifarError  # noqa: E402
+
+EXAMPLES = """examples:
+  python -m cifar models
+  python -m cifar train cnn_baseline --data ~/data/cifar-10-python.tar.gz --epochs 2
+  python -m cifar train cnn_regularized --data ./cifar10-jpeg.tar.gz --limit-per-class 100 --epochs 1
+  python -m cifar runs
+  python -m cifar predict RUN_ID cat.jpg dog.png
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
+    return value
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by `train` and `jobs submit` (values left unset keep the recipe's)."""
+    from cifar.config import PRECISIONS
+    parser.add_argument("--data", default=None,
+                        help="'keras' (download, the default) or a local CIFAR-10 copy: "
+                             "cifar-10-python.tar.gz, cifar-10-batches-py/, or a class-folder tree/archive")
+    parser.add_argument("--epochs", type=_positive_int)
+    parser.add_argument("--batch-size", type=_positive_int)
+    parser.add_argument("--lr", dest="learning_rate", type=_positive_float, help="learning rate")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random rotation/flip/shift augmentation (default: the recipe's)")
+    parser.add_argument("--patience", dest="early_stopping_patience", type=_positive_int,
+                        help="early-stopping patience in epochs (0 turns it off)")
+    parser.add_argument("--limit-per-class", type=_positive_int, help="training images kept per class")
+    parser.add_argument("--val-size", type=_positive_int, help="validation images (default 5000)")
+    parser.add_argument("--seed", type=_positive_int)
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--input-size", type=_positive_int, help="transfer models: resize input to this")
+    parser.add_argument("--weights", help="transfer models: imagenet | none | path to a no-top .h5 file")
+    parser.add_argument("--from-run", dest="init_from_run",
+                        help="fine-tuning: start from this run's weights (default: newest matching run)")
+    parser.add_argument("--note", help="free text stored with the run")
+
+
+def training_overrides(args: argparse.Namespace) -> dict:
+    keys = ("data", "epochs", "batch_size", "learning_rate", "augment", "early_stopping_patience",
+            "limit_per_class", "val_size", "seed", "precision", "input_size", "weights",
+            "init_from_run", "note")
+    return {k: getattr(args, k) for k in keys}
+
+
+def resolve_training_config(model: str, overrides: dict):
+    """Recipe + overrides, filling in fine-tuning's donor run and input size."""
+    from cifar import artifacts
+    from cifar.config import resolve_config
+    from cifar.errors import RunError
+    from cifar.models import get_spec
+    spec = get_spec(model)
+    if spec.recipe.init_from and not overrides.get("init_from_run"):
+        donors = [r for r in artifacts.list_runs() if r.model == spec.recipe.init_from]
+        if not donors:
+            raise RunError(f"{model} fine-tunes a {spec.recipe.init_from} run and there is none yet. "
+                           f"Train one first: python -m cifar train {spec.recipe.init_from} ... "
+                           "or pass --from-run RUN_ID")
+        overrides["init_from_run"] = donors[-1].run_id
+    if overrides.get("init_from_run"):
+        donor = artifacts.get_run(overrides["init_from_run"])
+        if overrides.get("input_size") is None:
+            overrides["input_size"] = donor.metadata["config"].get("input_size")
+    return resolve_config(model, **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cifar", description="Train, evaluate and compare "
+                                     "CIFAR-10 classifiers.", epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("models", help="list the models of the registry and their recipes")
+
+    train = sub.add_parser("train", help="train a model and publish the run")
+    train.add_argument("model", help="a registry name (see: python -m cifar models)")
+    train.add_argument("--run-id", help="use this run id (default: a new one)")
+    train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_training_flags(train)
+
+    resume = sub.add_parser("resume", help="continue an interrupted run from its last epoch")
+    resume.add_argument("run_id")
+    resume.add_argument("--quiet", action="store_true")
+
+    evaluate = sub.add_parser("evaluate", help="show a run's test metrics (add --recompute to re-evaluate)")
+    evaluate.add_argument("run_id")
+    evaluate.add_argument("--recompute", metavar="DATA", help="re-evaluate the saved model on this data source")
+
+    runs = sub.add_parser("runs", help="list published runs (and interrupted ones with --all)")
+    runs.add_argument("--all", action="store_true", help="also list runs in progress or interrupted")
+    runs.add_argument("--json", action="store_true")
+
+    predict = sub.add_parser("predict", help="top-3 classes of image files with a run's model")
+    predict.add_argument("run_id")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--top", type=_positive_int, default=3)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    check = data_sub.add_parser("check", help="load and validate a CIFAR-10 source, print a report")
+    check.add_argument("source")
+
+    try:
+        from cifar.jobs_cli import add_jobs_parser
+    except ImportError:
+        add_jobs_parser = None
+    if add_jobs_parser:
+        add_jobs_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except CifarError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with: python -m cifar resume RUN_ID (see python -m cifar runs --all)",
+              file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_models(args) -> int:
+    from cifar.models import REGISTRY
+    print(f"{'model':20} {'study':6} {'epochs':>6} {'batch':>5} {'lr':>8} {'opt':8} {'aug':4} summary")
+    for spec in REGISTRY.values():
+        r = spec.recipe
+        print(f"{spec.name:20} {spec.study_section:6} {r.epochs:>6} {r.batch_size:>5} {r.learning_rate:>8g} "
+              f"{r.optimizer:8} {'yes' if r.augment else 'no':4} {r.summary}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from cifar.train import start_run
+    config = resolve_training_config(args.model, training_overrides(args))
+    print(f"training {config.model}: {json.dumps(config.to_dict())}", flush=True)
+    run_id = start_run(config, run_id=args.run_id, verbose=2 if args.quiet else 1)
+    _print_summary(run_id)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from cifar.train import resume_run
+    run_id = resume_run(args.run_id, verbose=2 if args.quiet else 1)
+    _print_summary(run_id)
+    return 0
+
+
+def _print_summary(run_id: str) -> None:
+    from cifar import artifacts
+    metrics = artifacts.read_table(run_id, "metrics").iloc[0]
+    print(f"run {run_id}: test accuracy {metrics.test_accuracy:.4f}, test loss {metrics.test_loss:.4f}, "
+          f"macro F1 {metrics.f1_macro:.4f}")
+    print(f"saved under {artifacts.run_dir(run_id)}")
+
+
+def cmd_evaluate(args) -> int:
+    from cifar import artifacts
+    info = artifacts.get_run(args.run_id)
+    if args.recompute:
+        from cifar.data import load_cifar10
+        from cifar.evaluate import evaluate
+        from cifar.predict import load_model
+        data = load_cifar10(args.recompute)
+        metrics = evaluate(load_model(args.run_id), data.x_test, data.y_test).metrics.iloc[0]
+    else:
+        metrics = artifacts.read_table(args.run_id, "metrics").iloc[0]
+    print(f"run {info.run_id} ({info.model})")
+    for key, value in metrics.items():
+        print(f"  {key:20} {value:.4f}" if isinstance(value, float) else f"  {key:20} {value}")
+    per_class = artifacts.read_table(args.run_id, "per_class")
+    print(per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from cifar import artifacts
+    runs, skipped = artifacts.scan_runs()
+    metrics = artifacts.all_runs_table("metrics").set_index("run_id") if runs else None
+    rows = []
+    for info in runs:
+        m = metrics.loc[info.run_id] if metrics is not None and info.run_id in metrics.index else {}
+        rows.append({"run_id": info.run_id, "model": info.model,
+                     "epochs": info.metadata.get("epochs_run"),
+                     "test_accuracy": float(m["test_accuracy"]) if len(m) else None,
+                     "imagenet_weights": info.metadata.get("imagenet_weights")})
+    if args.json:
+        print(json.dumps({"runs": rows, "skipped": [s.__dict__ for s in skipped]}, indent=2))
+        return 0
+    if not rows:
+        print("no runs yet. Train one with: python -m cifar train cnn_baseline --data PATH --epochs 1")
+    for row in rows:
+        acc = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "?"
+        flag = "  (no ImageNet weights)" if row["imagenet_weights"] is False else ""
+        print(f"{row['run_id']:45} {row['model']:20} epochs {row['epochs']:>3}  test acc {acc}{flag}")
+    for s in skipped:
+        print(f"skipped {s.name}: {s.reason}", file=sys.stderr)
+    if args.all:
+        from cifar.train import interrupted_runs
+        for row in interrupted_runs():
+            print(f"{row['run_id']:45} in progress or interrupted after {row['completed_epochs']} epochs "
+                  f"({row['status']}); resume with: python -m cifar resume {row['run_id']}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from cifar.predict import predict_files
+    failures = 0
+    for result in predict_files(args.run_id, args.images, k=args.top or 3):
+        if "error" in result:
+            failures += 1
+            print(f"{result['file']}: error: {result['error']}")
+        else:
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in result["top_k"])
+            print(f"{result['file']}: {ranked}")
+    return 2 if failures else 0
+
+
+def cmd_data(args) -> int:
+    from cifar.data import check_source
+    print(check_source(args.source))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from cifar.jobs_cli import run_jobs_command
+    return run_jobs_command(args)
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate,
+            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs}

@@ -1,0 +1,120 @@
+"""Test-set evaluation: accuracy, loss, F1, confusion, per-image probabilities, speed.
+
+Classification metrics come from scikit-learn. Speed is measured on the
+machine that runs this: `eval_images_per_s` is batched `predict` throughput
+over the whole test set (after a warm-up batch), `latency_ms` the median of
+single-image `predict_on_batch` calls (the dashboard's live-prediction path).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, top_k_accuracy_score
+
+from cifar import CLASS_NAMES, NUM_CLASSES
+
+GALLERY_PER_PAIR = 16      # misclassified images kept per (true, predicted) pair
+GALLERY_CORRECT_PER_CLASS = 6  # correctly classified images kept per class
+LATENCY_CALLS = 30
+
+
+@dataclass
+class Evaluation:
+    metrics: pd.DataFrame       # one row
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame     # long form
+    predictions: pd.DataFrame
+    gallery: pd.DataFrame
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """Class probabilities for every image, and the throughput in images/s."""
+    model.predict_on_batch(images[:min(len(images), batch_size)])  # warm-up / trace
+    start = time.perf_counter()
+    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    seconds = time.perf_counter() - start
+    return np.asarray(probabilities, dtype=np.float32), len(images) / max(seconds, 1e-9)
+
+
+def single_image_latency_ms(model, image: np.ndarray, calls: int = LATENCY_CALLS) -> float:
+    batch = image[None]
+    model.predict_on_batch(batch)
+    timings = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        model.predict_on_batch(batch)
+        timings.append(time.perf_counter() - start)
+    return float(np.median(timings) * 1000)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
+             seed: int = 0) -> Evaluation:
+    probabilities, images_per_s = predict_probabilities(model, x_test, batch_size)
+    predicted = probabilities.argmax(axis=1)
+    labels = list(range(NUM_CLASSES))
+    clipped = np.clip(probabilities, 1e-7, 1.0)
+    clipped /= clipped.sum(axis=1, keepdims=True)
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_test, predicted, labels=labels, zero_division=0)
+    summary = {"n_test": len(y_test),
+               "test_accuracy": float((predicted == y_test).mean()),
+               "test_loss": float(log_loss(y_test, clipped, labels=labels)),
+               "top3_accuracy": float(top_k_accuracy_score(y_test, probabilities, k=3, labels=labels))}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_test, predicted, labels=labels,
+                                                     average=average, zero_division=0)
+        summary.update({f"precision_{average}": float(p), f"recall_{average}": float(r),
+                        f"f1_{average}": float(f)})
+    summary["eval_images_per_s"] = float(images_per_s)
+    summary["latency_ms"] = single_image_latency_ms(model, x_test[0])
+
+    per_class = pd.DataFrame({"class_index": labels, "class_name": list(CLASS_NAMES),
+                              "precision": precision, "recall": recall, "f1": f1,
+                              "support": support.astype(np.int64)})
+    matrix = confusion_matrix(y_test, predicted, labels=labels)
+    true_idx, pred_idx = np.meshgrid(labels, labels, indexing="ij")
+    confusion = pd.DataFrame({"true_index": true_idx.ravel(), "pred_index": pred_idx.ravel(),
+                              "count": matrix.ravel().astype(np.int64)})
+    confusion.insert(1, "true_class", [CLASS_NAMES[i] for i in confusion.true_index])
+    confusion.insert(3, "pred_class", [CLASS_NAMES[i] for i in confusion.pred_index])
+
+    predictions = pd.DataFrame({"index": np.arange(len(y_test)), "true_index": y_test.astype(np.int64),
+                                "pred_index": predicted.astype(np.int64)})
+    for i, name in enumerate(CLASS_NAMES):
+        predictions[f"prob_{name}"] = probabilities[:, i]
+
+    return Evaluation(pd.DataFrame([summary]), per_class, confusion, predictions,
+                      build_gallery(x_test, y_test, predicted, seed))
+
+
+def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:
+    """A compact sample of test images so the dashboard needs no dataset:
+    up to GALLERY_PER_PAIR misclassified images per (true, predicted) pair and
+    a few correct ones per class, stored as PNG bytes."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for true in range(NUM_CLASSES):
+        for pred in range(NUM_CLASSES):
+            idx = np.flatnonzero((y_test == true) & (predicted == pred))
+            keep = GALLERY_CORRECT_PER_CLASS if true == pred else GALLERY_PER_PAIR
+            if len(idx) > keep:
+                idx = np.sort(rng.choice(idx, keep, replace=False))
+            chosen.extend(idx.tolist())
+    chosen = np.array(sorted(chosen), dtype=np.int64)
+    return pd.DataFrame({"index": chosen, "true_index": y_test[chosen].astype(np.int64),
+                         "pred_index": predicted[chosen].astype(np.int64),
+                         "correct": y_test[chosen] == predicted[chosen],
+                         "png": [png_bytes(x_test[i]) for i in chosen]})

@@ -1,0 +1,361 @@
+"""The model registry: every architecture the CLI, the dashboard and the tests know.
+
+Each entry pairs a builder with its default recipe (the study's training
+settings). Builders take raw uint8 32x32 RGB images: scaling and each
+backbone's own `preprocess_input` live inside the model, so a saved model
+never needs its caller to know what it is.
+
+Only the `keras` API is used here, so the same code runs with
+KERAS_BACKEND=tensorflow, jax or torch.
+
+Adding a model: write a builder, decorate it with `@register(Recipe(...))`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+from cifar import IMAGE_SHAPE, NUM_CLASSES
+from cifar.errors import ModelError
+
+WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local .h5 file
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Default training settings of one registry entry (CLI flags override them)."""
+
+    optimizer: str = "adam"            # adam | rmsprop | sgd_nesterov
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 15
+    augment: bool = False              # rotation, flip, width/height shifts
+    early_stopping_patience: int | None = None  # on val_accuracy, restores best weights
+    label_smoothing: float = 0.0
+    input_size: int | None = None      # transfer models resize inside the model
+    weights: str | None = None         # transfer models: imagenet | none | path
+    init_from: str | None = None       # fine-tuning starts from a run of this model
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., keras.Model]
+    recipe: Recipe
+    study_section: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_transfer(self) -> bool:
+        return self.recipe.weights is not None
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(recipe: Recipe, study_section: str = "", tags: tuple[str, ...] = ()):
+    def wrap(builder):
+        name = builder.__name__.removeprefix("build_")
+        REGISTRY[name] = ModelSpec(name, builder, recipe, study_section, tags)
+        return builder
+    return wrap
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ModelError(f"unknown model '{name}'. Known models: {known}")
+    return REGISTRY[name]
+
+
+def model_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def build_model(name: str, *, input_size: int | None = None, weights: str | None = None,
+                augment: bool | None = None, seed: int | None = None) -> keras.Model:
+    """Build a registry model; unset options take the recipe's defaults."""
+    spec = get_spec(name)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    kwargs = {"augment": spec.recipe.augment if augment is None else augment}
+    if spec.is_transfer:
+        kwargs["input_size"] = input_size or spec.recipe.input_size
+        kwargs["weights"] = weights if weights is not None else spec.recipe.weights
+    return spec.builder(**kwargs)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def _raw_input() -> keras.KerasTensor:
+    return keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
+
+
+def _augmentation(seed: int | None = None) -> keras.Sequential:
+    """The study's ImageDataGenerator settings as layers (active only in training).
+
+    The study names rotation, horizontal flip and width/height shifts without
+    values; we use 15 degrees and 10% shifts, the common Keras defaults for
+    CIFAR-10."""
+    return keras.Sequential([
+        layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed),
+    ], name="augmentation")
+
+
+def _classifier_output(x):
+    # float32 softmax keeps probabilities exact under mixed precision.
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def _conv_blocks(x, batchnorm: bool):
+    for filters in (64, 128, 256):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+            if batchnorm:
+                x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D()(x)
+    return x
+
+
+# ---------------------------------------------------------------- home-made CNNs
+
+@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=15,
+                 summary="Study 3.1: 3 conv blocks, no augmentation (overfits)"),
+          study_section="3.1", tags=("study",))
+def build_cnn_baseline(augment: bool = False) -> keras.Model:
+    """Study 3.1, "Home-made CNN (v3)": 2,196,810 parameters.
+
+    Three blocks of two 3x3 'same' ReLU convolutions (64, 128, 256 filters)
+    each followed by 2x2 max pooling, then Flatten, Dense 256 ReLU, Dense 10.
+    Batch size is not given by the study; we use 64."""
+    inputs = _raw_input()
+    x = _augmentation()(inputs) if augment else inputs
+    x = layers.Rescaling(1 / 255, name="scale")(x)
+    x = _conv_blocks(x, batchnorm=False)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    return keras.Model(inputs, _classifier_output(x), name="cnn_baseline")
+
+
+@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=50, augment=True,
+                 early_stopping_patience=8,
+                 summary="Study 3.2: + BatchNorm, dropout, augmentation, early stopping"),
+          study_section="3.2", tags=("study",))
+def build_cnn_regularized(augment: bool = True) -> keras.Model:
+    """Study 3.2, "Home-made CNN (v4)": 2,200,394 parameters.
+
+    cnn_baseline with BatchNormalization after every convolution and dropout
+    before the output layer, trained on augmented images with early stopping.
+    Readings of the study: its results table says 20 epochs, its text 50; we
+    default to 50 with early stopping (patience 8 on val_accuracy, best
+    weights restored), which stops near 20 when progress stalls. The dropout
+    rate is not given; we use 0.5, the usual rate before a classifier."""
+    inputs = _raw_input()
+    x = _augmentation()(inputs) if augment else inputs
+    x = layers.Rescaling(1 / 255, name="scale")(x)
+    x = _conv_blocks(x, batchnorm=True)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    return keras.Model(inputs, _classifier_output(x), name="cnn_regularized")
+
+
+# ---------------------------------------------------------------- transfer learning
+
+def load_backbone(app: Callable, name: str, input_size: int, weights: str | None):
+    """A keras.applications base without its top, with a clear error offline."""
+    shape = (input_size, input_size, 3)
+    if weights in (None, "none"):
+        return app(include_top=False, weights=None, input_shape=shape)
+    if weights != "imagenet":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"weights file '{weights}' does not exist. Pass --weights imagenet, "
+                             "--weights none, or the path of a no-top .h5 weights file")
+        try:
+            return app(include_top=False, weights=str(path), input_shape=shape)
+        except Exception as exc:
+            raise ModelError(f"could not load {name} weights from '{weights}': {exc}. "
+                             f"It must be the Keras '{name} no-top' .h5 file") from exc
+    try:
+        return app(include_top=False, weights="imagenet", input_shape=shape)
+    except Exception as exc:
+        cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+        raise ModelError(
+            f"could not download the ImageNet weights for {name} ({exc.__class__.__name__}). "
+            f"On a machine with internet they download once into {cache}/models/. Offline, copy the "
+            f"Keras '{name.lower()}_weights_tf_dim_ordering_tf_kernels_notop.h5' file there or pass "
+            "--weights /path/to/that.h5; --weights none trains from random initialisation "
+            "(results are then labelled as such)") from exc
+
+
+def _resize_and_preprocess(inputs, input_size: int, preprocess: Callable):
+    # A Resizing layer (never a Lambda: Lambda layers cannot be loaded with
+    # safe_mode=True) upsamples 32x32 to the backbone's input size.
+    x = layers.Resizing(input_size, input_size, interpolation="bilinear", name="upsample")(inputs)
+    return preprocess(x)
+
+
+def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: int) -> keras.Model:
+    from keras.applications import vgg16
+    base = load_backbone(vgg16.VGG16, "VGG16", input_size, weights)
+    base.trainable = trainable_tail > 0
+    for layer in base.layers[:len(base.layers) - trainable_tail]:
+        layer.trainable = False
+    inputs = _raw_input()
+    x = _augmentation()(inputs) if augment else inputs
+    x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
+    x = base(x, training=False)
+    for filters in (256, 512):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(padding="same")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    for units in (512, 256):
+        x = layers.Dense(units, activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Dropout(0.3)(x)
+    return keras.Model(inputs, _classifier_output(x))
+
+
+VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to {{input_size}}
+    (224 in the study, giving a 7x7x512 feature map), then the study's head:
+    Conv2D 256 + BN + MaxPool, Conv2D 512 + BN + MaxPool, GlobalAveragePooling,
+    Dense 512 + BN + Dropout, Dense 256 + BN + Dropout, Dense 10.
+    Readings: the study elides its dense head ("..."), but its total of
+    17,477,450 parameters is matched exactly by Dense 512/256 with BN, which
+    we use (at 224). Its printed trainable count (9,839,114) is block5 of VGG16
+    unfrozen, i.e. the fine-tuned state; for transfer learning we freeze the
+    whole base as its text says. Dropout rate (unstated) is 0.3. Max pooling
+    uses 'same' padding so small input sizes still build."""
+
+
+@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=50, input_size=224,
+                 weights="imagenet", summary="Study 4.1: frozen ImageNet VGG16 + conv head"),
+          study_section="4.1", tags=("study", "transfer"))
+def build_vgg16_transfer(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=0)
+    model.name = "vgg16_transfer"
+    return model
+
+
+@register(Recipe(optimizer="adam", learning_rate=1e-5, batch_size=64, epochs=30, input_size=224,
+                 weights="imagenet", init_from="vgg16_transfer",
+                 summary="Study 4.2: last 4 VGG16 layers unfrozen at lr 1e-5"),
+          study_section="4.2", tags=("study", "transfer"))
+def build_vgg16_finetune(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=4)
+    model.name = "vgg16_finetune"
+    return model
+
+
+build_vgg16_transfer.__doc__ = VGG_DOC.format(section=1)
+build_vgg16_finetune.__doc__ = VGG_DOC.format(section=2) + """
+    Fine-tuning unfreezes the last 4 base layers (block5's three convolutions
+    and its pooling) at learning rate 1e-5, starting from a vgg16_transfer
+    run's weights (--from-run, or the newest vgg16_transfer run)."""
+
+
+def _resnet50(input_size: int, weights: str | None, augment: bool, trainable_from: str | None) -> keras.Model:
+    from keras.applications import resnet50
+    base = load_backbone(resnet50.ResNet50, "ResNet50", input_size, weights)
+    if trainable_from is not None:
+        frozen = True
+        for layer in base.layers:
+            if layer.name.startswith(trainable_from):
+                frozen = False
+            layer.trainable = not frozen
+    inputs = _raw_input()
+    x = _augmentation()(inputs) if augment else inputs
+    x = _resize_and_preprocess(x, input_size, resnet50.preprocess_input)
+    # BatchNorm layers of the base stay in inference mode even when unfrozen
+    # (keras-io transfer-learning guide), so fine-tuning does not wreck them.
+    x = base(x, training=False)
+    x = layers.Flatten()(x)
+    x = layers.BatchNormalization()(x)
+    for units in (256, 128, 64):
+        x = layers.Dense(units, activation="relu")(x)
+        x = layers.Dropout(0.3)(x)
+        x = layers.BatchNormalization()(x)
+    return keras.Model(inputs, _classifier_output(x))
+
+
+@register(Recipe(optimizer="rmsprop", learning_rate=1e-5, batch_size=32, epochs=20, augment=False,
+                 input_size=224, weights="imagenet",
+                 summary="Study 5.2: ResNet50, last conv block trainable, dense head"),
+          study_section="5.2", tags=("study", "transfer"))
+def build_resnet50_transfer(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    """Study 5.2: ResNet50 (ImageNet) at {input_size}, 49,723,082 parameters at 224.
+
+    Input resized to 224 by a Resizing layer (the study used a Lambda layer,
+    which cannot be loaded safely). The base is frozen except its last
+    convolution block, read as the whole conv5 stage (the study's 142 frozen
+    layers end at conv4_block6_out). Head as printed: Flatten, BN, then Dense
+    256/128/64 each with Dropout and BN, Dense 10. RMSprop 1e-5, batch 32.
+    The study mentions augmentation for this run but lists no settings; we
+    leave it off by default (--augment turns it on)."""
+    model = _resnet50(input_size, weights, augment, trainable_from="conv5_")
+    model.name = "resnet50_transfer"
+    return model
+
+
+@register(Recipe(optimizer="rmsprop", learning_rate=1e-6, batch_size=32, epochs=4, input_size=224,
+                 weights="imagenet", init_from="resnet50_transfer",
+                 summary="Study 5.3: every layer unfrozen at a low learning rate"),
+          study_section="5.3", tags=("study", "transfer"))
+def build_resnet50_finetune(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    """Study 5.3: the resnet50_transfer model with every layer unfrozen.
+
+    "A low learning rate" is read as 1e-6 (a tenth of the transfer rate) and
+    the study's 24 total epochs as 4 more after a 20-epoch transfer run. It
+    starts from a resnet50_transfer run's weights."""
+    model = _resnet50(input_size, weights, augment, trainable_from=None)
+    model.name = "resnet50_finetune"
+    return model
+
+
+def count_params(model: keras.Model) -> dict[str, int]:
+    trainable = sum(_size(w) for w in model.trainable_weights)
+    total = sum(_size(w) for w in model.weights)
+    return {"total": total, "trainable": trainable, "non_trainable": total - trainable}
+
+
+def _size(variable) -> int:
+    size = 1
+    for dim in variable.shape:
+        size *= int(dim)
+    return size
+
+
+def describe(model: keras.Model) -> dict:
+    """Facts the results table shows: layer count and regularisers used."""
+    all_layers = _flat_layers(model)
+    kinds = {type(layer).__name__ for layer in all_layers}
+    return {
+        "layers": sum(1 for layer in all_layers if not isinstance(layer, keras.layers.InputLayer)),
+        "batchnorm": "BatchNormalization" in kinds,
+        "dropout": "Dropout" in kinds,
+    }
+
+
+def _flat_layers(model) -> list:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential):
+            out.extend(_flat_layers(layer))
+        else:
+            out.append(layer)
+    return out

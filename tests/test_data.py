@@ -200,6 +200,22 @@ def test_no_layout_at_all(tmp_path):
     assert "no train/ or test/ split" in message and "--data PATH" in message
 
 
+def test_folder_holding_only_an_archive_suggests_the_archive(tmp_path):
+    archive = make_archive(tmp_path / "downloads", kind="zip")
+    assert f"Did you mean --data {archive}?" in load_error(tmp_path / "downloads")
+
+
+@pytest.mark.parametrize("stray, culprit, expected", [
+    ("val/cat", "val", "unexpected folder"),
+    ("train/cat/more", "train/cat/more", "unexpected subfolder"),
+])
+def test_stray_folders_are_refused(tmp_path, stray, culprit, expected):
+    source = make_class_folders(tmp_path)
+    (source / stray).mkdir(parents=True)
+    message = load_error(source)
+    assert expected in message and f"'{source / culprit}'" in message
+
+
 def test_path_that_does_not_exist(tmp_path):
     message = load_error(tmp_path / "nowhere.tar.gz")
     assert "nowhere.tar.gz" in message and "does not exist" in message

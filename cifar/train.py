@@ -112,6 +112,7 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
                                 "Lower the learning rate (--lr) or use --precision float32")
         train_seconds += progress.last_train_seconds or seconds
         history.append({"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
+                        "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
                         "seconds": seconds, "train_images_per_s": len(x_train) / max(progress.last_train_seconds or seconds, 1e-9),
                         "elapsed_seconds": time.time() - started + state.get("elapsed_seconds", 0.0)})
         best_epoch = _best_epoch(history)

@@ -1,0 +1,82 @@
+"""The artifact layout: atomic publish, skipped broken folders, guarded run ids."""
+
+import pandas as pd
+import pytest
+
+from cifar import artifacts
+from cifar.errors import RunError
+
+
+def _publish_minimal(run_id):
+    staging = artifacts.stage_run(run_id)
+    for name in artifacts.TABLES:
+        staging.write_table(name, pd.DataFrame({"x": [1, 2]}))
+    staging.model_path.write_bytes(b"model")
+    staging.write_metadata({"run_id": run_id, "model": "cnn_baseline"})
+    return staging
+
+
+def test_round_trip_and_manifest():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    _publish_minimal(run_id).publish()
+    run = artifacts.load_run(run_id)
+    assert run["metadata"]["schema_version"] == artifacts.SCHEMA_VERSION
+    assert list(run["history"].x) == [1, 2]
+    assert artifacts.verify_run(run_id) == []
+    (artifacts.run_dir(run_id) / "model.keras").write_bytes(b"tampered")
+    assert artifacts.verify_run(run_id) == ["model.keras"]
+    table = artifacts.all_runs_table("metrics")
+    assert list(table.columns) == ["run_id", "x"] and set(table.run_id) == {run_id}
+
+
+def test_staged_run_is_invisible_until_published():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    staging = _publish_minimal(run_id)
+    assert artifacts.scan_runs() == ([], [])
+    staging.publish()
+    assert [r.run_id for r in artifacts.list_runs()] == [run_id]
+    with pytest.raises(RunError, match="already exists"):
+        _publish_minimal(run_id).publish()
+
+
+def test_incomplete_staging_refuses_to_publish():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    staging = artifacts.stage_run(run_id)
+    staging.write_table("history", pd.DataFrame({"x": [1]}))
+    with pytest.raises(RunError, match="incomplete"):
+        staging.publish()
+    assert artifacts.scan_runs() == ([], [])
+
+
+def test_broken_and_foreign_folders_are_skipped_with_a_reason():
+    good = artifacts.new_run_id("cnn_baseline")
+    _publish_minimal(good).publish()
+    base = artifacts.runs_dir()
+    (base / "holiday-photos").mkdir()
+    half = base / artifacts.new_run_id("cnn_regularized")
+    half.mkdir()
+    (half / "history.parquet").write_bytes(b"PAR1")
+    bad_meta = artifacts.new_run_id("fast_cnn")
+    _publish_minimal(bad_meta).publish()
+    (base / bad_meta / "metadata.json").write_text("{not json")
+    runs, skipped = artifacts.scan_runs()
+    assert [r.run_id for r in runs] == [good]
+    reasons = {s.name: s.reason for s in skipped}
+    assert "not a run id" in reasons["holiday-photos"]
+    assert "incomplete" in reasons[half.name]
+    assert "unreadable" in reasons[bad_meta]
+
+
+def test_damaged_table_raises_a_clear_error():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    _publish_minimal(run_id).publish()
+    (artifacts.run_dir(run_id) / "metrics.parquet").write_bytes(b"garbage")
+    with pytest.raises(RunError, match="damaged"):
+        artifacts.read_table(run_id, "metrics")
+    assert artifacts.all_runs_table("metrics").empty
+
+
+@pytest.mark.parametrize("bad", ["../etc", "x", "20261125T000000Z-cnn/../../x-abcd", ""])
+def test_run_ids_cannot_escape_the_root(bad):
+    with pytest.raises(RunError):
+        artifacts.run_dir(bad)

@@ -1,0 +1,87 @@
+"""Every registry model builds, predicts and trains a step; study parameter counts hold."""
+
+import numpy as np
+import pytest
+
+from cifar.errors import ModelError
+from cifar.models import REGISTRY, build_model, count_params, get_spec
+
+# Transfer models are tested with random weights on 32x32 input: no download, fast.
+SMALL = {"input_size": 32, "weights": "none"}
+
+
+def _kwargs(name):
+    return SMALL if get_spec(name).is_transfer else {}
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_model_builds_predicts_and_trains_a_step(name):
+    import keras
+    model = build_model(name, seed=0, **_kwargs(name))
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    probabilities = np.asarray(model.predict(images, verbose=0))
+    assert probabilities.shape == (4, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+
+    labels = np.eye(10, dtype="float32")[[0, 1, 2, 3]]
+    model.compile(optimizer=keras.optimizers.SGD(1e-3), loss="categorical_crossentropy")
+    before = [np.array(w) for w in model.trainable_weights[-2:]]
+    logs = model.fit(images, labels, batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][0])
+    after = [np.array(w) for w in model.trainable_weights[-2:]]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after)), "a training step changed nothing"
+
+
+def test_study_parameter_counts():
+    # Figure 3.1 and 3.2 of the study.
+    assert count_params(build_model("cnn_baseline"))["total"] == 2_196_810
+    regularized = count_params(build_model("cnn_regularized"))
+    assert (regularized["total"], regularized["non_trainable"]) == (2_200_394, 1_792)
+
+
+def test_transfer_parameter_counts_at_224():
+    # Study 4.1 total and 4.2's printed trainable split; study 5.2's totals.
+    vgg = count_params(build_model("vgg16_finetune", weights="none"))
+    assert (vgg["total"], vgg["trainable"]) == (17_477_450, 9_839_114)
+    resnet = count_params(build_model("resnet50_transfer", weights="none"))
+    assert (resnet["total"], resnet["trainable"], resnet["non_trainable"]) == (49_723_082, 40_909_770, 8_813_312)
+
+
+def test_models_take_raw_uint8_and_have_no_lambda_layers():
+    import keras
+    for name in REGISTRY:
+        model = build_model(name, **_kwargs(name))
+        assert model.inputs[0].dtype == "uint8"
+        flat = [layer for layer in model._flatten_layers()]
+        assert not any(isinstance(layer, keras.layers.Lambda) for layer in flat), name
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(ModelError) as error:
+        get_spec("resnet9000")
+    assert "cnn_baseline" in str(error.value) and "resnet50_transfer" in str(error.value)
+
+
+def test_missing_imagenet_weights_give_a_clear_error(monkeypatch, tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        build_model("vgg16_transfer", weights=str(tmp_path / "nope.h5"), input_size=32)
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    import keras.src.utils.file_utils as file_utils
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    import keras.src.applications.vgg16 as vgg16_module
+    monkeypatch.setattr(vgg16_module.file_utils, "get_file", offline)
+    with pytest.raises(ModelError, match="--weights"):
+        build_model("vgg16_transfer", input_size=32)
+
+
+def test_weights_from_a_local_file_are_loaded(tmp_path):
+    import keras
+    from keras.applications import vgg16
+    base = vgg16.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "vgg16_notop.weights.h5"
+    base.save_weights(path)
+    model = build_model("vgg16_transfer", weights=str(path), input_size=32)
+    inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    np.testing.assert_array_equal(inner.get_weights()[0], base.get_weights()[0])

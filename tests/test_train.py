@@ -1,0 +1,151 @@
+"""Training end to end on tiny data: publish, artifacts round trip, resume after SIGKILL, NaN."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cifar import artifacts
+from cifar.config import resolve_config
+from cifar.errors import RunError, TrainingError
+from tests.datasets import make_class_folders
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(limit_per_class=4, val_size=10, batch_size=8, seed=1)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    return str(make_class_folders(tmp_path / "data", per_class_train=5, per_class_test=2))
+
+
+def test_train_publishes_a_complete_readable_run(tiny_data):
+    from cifar.train import start_run
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
+    run_id = start_run(config, verbose=0)
+
+    assert [r.run_id for r in artifacts.list_runs()] == [run_id]
+    assert not artifacts.work_dir(run_id).exists(), "the work folder is cleaned up"
+    run = artifacts.load_run(run_id)
+    meta = run["metadata"]
+    assert meta["config"] == config.to_dict()
+    assert meta["epochs_run"] == 2 and meta["params"]["total"] == 2_196_810
+    assert meta["imagenet_weights"] is None and meta["data"]["n_train"] == 30
+    assert meta["environment"]["backend"] == "tensorflow" and meta["environment"]["hardware"]["cores"] >= 1
+    assert list(run["history"].epoch) == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(run["history"])
+    assert run["confusion"]["count"].sum() == 20 and len(run["confusion"]) == 100
+    assert len(run["predictions"]) == 20
+    np.testing.assert_allclose(run["predictions"].filter(like="prob_").sum(axis=1), 1, rtol=1e-4)
+    metrics = run["metrics"].iloc[0]
+    assert 0 <= metrics.test_accuracy <= 1 and metrics.latency_ms > 0 and metrics.eval_images_per_s > 0
+    assert artifacts.verify_run(run_id) == []
+
+    # One table across runs carries the run id.
+    table = artifacts.all_runs_table("metrics")
+    assert list(table.run_id) == [run_id]
+
+    # The saved model loads in safe mode and reproduces the stored predictions.
+    from cifar.predict import load_model
+    from cifar.data import load_cifar10
+    model = load_model(run_id)
+    probabilities = model.predict(load_cifar10(tiny_data).x_test, verbose=0)
+    np.testing.assert_allclose(probabilities, run["predictions"].filter(like="prob_").to_numpy(), atol=1e-5)
+
+
+def test_early_stopping_restores_the_best_epoch(tiny_data):
+    from cifar.train import start_run
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=6, early_stopping_patience=1,
+                            learning_rate=0.05, **TINY)
+    run_id = start_run(config, verbose=0)
+    meta = artifacts.get_run(run_id).metadata
+    history = artifacts.read_table(run_id, "history")
+    assert meta["best_epoch"] == int(history.loc[history.val_accuracy.idxmax(), "epoch"])
+    assert meta["epochs_run"] <= 6
+
+
+def test_nan_loss_fails_the_run_visibly(tiny_data):
+    from cifar.train import start_run
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, learning_rate=1e12, **TINY)
+    with pytest.raises(TrainingError, match="NaN"):
+        start_run(config, verbose=0)
+    assert artifacts.list_runs() == []
+
+
+def test_crash_while_publishing_leaves_no_visible_run(tiny_data, monkeypatch):
+    from cifar import train
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", crash)
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=1, **TINY)
+    with pytest.raises(OSError):
+        train.start_run(config, verbose=0)
+    assert artifacts.scan_runs() == ([], [])
+    assert not any((artifacts.root() / ".staging").iterdir())
+
+
+def test_resume_refuses_unknown_and_finished_runs(tiny_data):
+    from cifar.train import resume_run
+    with pytest.raises(RunError, match="no interrupted run"):
+        resume_run("20261125T000000Z-cnn_baseline-abcd")
+    with pytest.raises(RunError, match="not a run id"):
+        resume_run("../../etc")
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
+    """A real training subprocess is SIGKILLed mid-run; `resume` completes it."""
+    run_id = artifacts.new_run_id("cnn_baseline")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "cifar", "train", "cnn_baseline", "--run-id", run_id, "--quiet",
+               "--data", tiny_data, "--epochs", "4", "--limit-per-class", "5", "--val-size", "10",
+               "--batch-size", "2", "--seed", "3"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = artifacts.work_dir(run_id) / "state.json"
+    progress = artifacts.progress_path(run_id)
+
+    def mid_second_epoch():
+        if process.poll() is not None:
+            raise AssertionError(f"training ended early: {process.stderr.read().decode()[-2000:]}")
+        try:
+            done = json.loads(state.read_text())["completed_epochs"]
+            now = json.loads(progress.read_text())
+        except (OSError, ValueError, KeyError):
+            return False
+        return done >= 1 and now.get("batch", 0) >= 2
+    _wait_for(mid_second_epoch, 240, "the second epoch to start")
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+
+    completed = json.loads(state.read_text())["completed_epochs"]
+    assert 1 <= completed < 4
+    assert artifacts.list_runs() == []
+    listing = subprocess.run([sys.executable, "-m", "cifar", "runs", "--all"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert run_id in listing.stdout and "resume" in listing.stdout
+
+    resumed = subprocess.run([sys.executable, "-m", "cifar", "resume", run_id, "--quiet"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    history = artifacts.read_table(run_id, "history")
+    assert list(history.epoch) == [1, 2, 3, 4], "every epoch recorded exactly once"
+    meta = artifacts.get_run(run_id).metadata
+    assert meta["epochs_run"] == 4
+    # The optimizer state survived the kill: its step counter kept counting
+    # (40 training images / batch 2 = 20 steps per epoch), not restarting at 0.
+    assert list(history.optimizer_steps) == [20, 40, 60, 80]

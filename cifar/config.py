@@ -10,7 +10,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from cifar.errors import CifarError
-from cifar.models import get_spec
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("adam", "rmsprop", "sgd_nesterov")
@@ -47,6 +46,7 @@ class RunConfig:
 
 def resolve_config(model: str, **overrides) -> RunConfig:
     """Recipe defaults for `model`, replaced by every override that is not None."""
+    from cifar.models import get_spec  # imports keras: keep it out of CLI start-up
     spec = get_spec(model)
     recipe = spec.recipe
     values = dict(

@@ -1,0 +1,129 @@
+"""`python -m cifar jobs ...`: the background job queue from a shell.
+
+Anyone with a shell here can already run `python -m cifar train`, so these
+commands need no token; the dashboard's retrain rights live in cifar.auth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import time
+
+JOBS_EXAMPLES = """examples:
+  python -m cifar jobs submit cnn_baseline --data ~/data/cifar10-jpeg.tar.gz --epochs 5
+  python -m cifar jobs list
+  python -m cifar jobs logs 3 --follow
+  python -m cifar jobs cancel 3
+  python -m cifar jobs resume 3      # a lost or failed job, from its last completed epoch
+  python -m cifar jobs worker        # keep a worker running (e.g. under systemd)
+"""
+
+
+def add_jobs_parser(subparsers) -> None:
+    from cifar.cli import add_training_flags
+    jobs = subparsers.add_parser("jobs", help="queue trainings in the background (as the dashboard does)",
+                                 epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
+
+    listing = sub.add_parser("list", help="queued and running jobs, then recent ones")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true")
+
+    submit = sub.add_parser("submit", help="queue a training; prints the job id")
+    submit.add_argument("model", help="a registry name (see: python -m cifar models)")
+    submit.add_argument("--wait", action="store_true",
+                        help="block until the job ends; exit 0 only if it succeeded")
+    add_training_flags(submit)
+
+    cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
+    cancel.add_argument("job_id", type=int)
+
+    logs = sub.add_parser("logs", help="the job's training output")
+    logs.add_argument("job_id", type=int)
+    logs.add_argument("--lines", type=int, default=200)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+
+    resume = sub.add_parser("resume", help="re-queue a lost or failed job from its last completed epoch")
+    resume.add_argument("job_id", type=int)
+
+    worker = sub.add_parser("worker", help="run the worker that starts queued jobs (one per machine)")
+    worker.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                        help="exit after this long with nothing queued or running (default: never)")
+
+
+def run_jobs_command(args) -> int:
+    from cifar import jobs
+    backend = jobs.get_backend()
+    command = args.jobs_command
+    if command == "list":
+        found = backend.list_jobs(limit=args.limit)
+        if args.json:
+            print(json.dumps([job.__dict__ for job in found], indent=2, default=str))
+        elif not found:
+            print("no jobs yet. Queue one with: python -m cifar jobs submit cnn_baseline --epochs 1")
+        for job in found:
+            print(_line(job))
+        return 0
+    if command == "submit":
+        from cifar.cli import training_overrides
+        job = backend.submit(args.model, training_overrides(args), submitted_by=_whoami())
+        print(f"{'already queued as' if job.reused else 'queued'} job {job.id} (run {job.run_id})")
+        return _wait(backend, job.id) if args.wait else 0
+    if command == "cancel":
+        job = backend.cancel(args.job_id, wait=backend.settings.cancel_grace + 5)
+        print(_line(job))
+        return 0 if job.status == "cancelled" else 1
+    if command == "logs":
+        print(backend.logs(args.job_id, lines=args.lines))
+        if args.follow:
+            _follow(backend, args.job_id)
+        return 0
+    if command == "resume":
+        print(_line(backend.resume(args.job_id)))
+        return 0
+    if command == "worker":
+        print(f"worker started (at most {backend.settings.max_concurrent} training(s) at once)", flush=True)
+        backend.run_worker(idle_exit=args.idle_exit)
+        return 0
+    raise AssertionError(command)
+
+
+def _line(job) -> str:
+    when = _dt.datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M")
+    detail = job.error or job.describe_progress()
+    return f"{job.id:>4}  {job.status:10} {when}  {job.run_id:42} {detail}"
+
+
+def _whoami() -> str:
+    import getpass
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _wait(backend, job_id: int) -> int:
+    last = None
+    while (job := backend.get(job_id)).active:
+        line = _line(job)
+        if line != last:
+            print(line, flush=True)
+            last = line
+        time.sleep(2)
+    print(_line(job))
+    return 0 if job.status == "succeeded" else 1
+
+
+def _follow(backend, job_id: int) -> None:
+    printed = len(backend.logs(job_id, lines=1_000_000).splitlines())
+    while True:
+        active = backend.get(job_id).active
+        lines = backend.logs(job_id, lines=1_000_000).splitlines()
+        for line in lines[printed:]:
+            print(line, flush=True)
+        printed = len(lines)
+        if not active:
+            return
+        time.sleep(1)

@@ -1,0 +1,170 @@
+"""Retrain: queue a training from the browser and watch it run.
+
+Everything happens in `cifar.jobs` (the durable queue, one training at a time
+by default) and `cifar.auth` (who may submit, cancel and resume); this page
+renders the form and the job list, which refreshes itself every few seconds.
+Every action checks rights on the server first; disabling a button is only
+a courtesy.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from cifar import auth, jobs
+from cifar.config import PRECISIONS
+from cifar.errors import CifarError
+from cifar.models import REGISTRY
+from pages import _common
+
+REFRESH_SECONDS = 3
+TOKEN_KEY = "retrain_token"
+MESSAGE_KEY = "retrain_message"
+STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/directions_run:",
+                "succeeded": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/cancel:", "lost": ":material/help:"}
+
+backend = jobs.get_backend()
+policy = auth.current_policy()
+
+
+def check_rights() -> str:
+    """Who is acting; raises auth.NotAllowed. Every submit, cancel and resume calls it."""
+    return auth.authorize(policy, auth.current_user(), st.session_state.get(TOKEN_KEY))
+
+
+def ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    seconds = int(time.time() - timestamp)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    return f"{seconds // 60} min ago" if seconds < 7200 else time.strftime("%d %b %H:%M",
+                                                                           time.localtime(timestamp))
+
+
+# ---------------------------------------------------------------- who may retrain
+
+st.title("Retrain")
+st.caption("Queue a training on this machine. Jobs keep running when the browser closes; "
+           "a finished run appears on every page.")
+if policy.banner():
+    st.warning(policy.banner(), icon=":material/lock_open:" if policy.mode == "open" else ":material/lock:")
+if policy.needs_login:
+    user = auth.current_user()
+    if user.get("is_logged_in"):
+        st.caption(f"Signed in as {user.get('email') or user.get('name') or 'an unnamed user'}.")
+        st.button("Sign out", on_click=st.logout)
+    else:
+        st.info("Browsing needs no sign-in; retraining does.", icon=":material/key:")
+        st.button("Sign in to retrain", on_click=st.login, type="primary")
+elif policy.needs_token:
+    st.text_input("Team token", type="password", key=TOKEN_KEY,
+                  help="Retraining needs the team's token; ask the team for it. Browsing needs nothing.")
+
+# ---------------------------------------------------------------- the form
+
+with st.form("retrain"):
+    model = st.selectbox("Model", list(REGISTRY), key="retrain_model",
+                         format_func=lambda name: f"{name}: {REGISTRY[name].recipe.summary}")
+    left, right = st.columns(2)
+    epochs = left.number_input("Epochs", key="retrain_epochs", min_value=1, value=None, step=1,
+                               placeholder="the recipe's")
+    data = right.selectbox("Data source", jobs.data_source_choices(), key="retrain_data",
+                           accept_new_options=True,
+                           help="A path on the training machine (CIFAR-10 archive, batches folder or "
+                                "class-folder tree), or 'keras' to download. Type to enter a new one.")
+    limit = left.number_input("Images per class (subset)", key="retrain_limit", min_value=0, value=0,
+                              step=100, help="0 trains on every image (5,000 per class).")
+    val_size = right.number_input("Validation images", key="retrain_val_size", min_value=0, value=None,
+                                  step=100, placeholder="5000 (the default)",
+                                  help="Held out of the training images, so fewer than the subset.")
+    seed = left.number_input("Seed", key="retrain_seed", min_value=0, value=0, step=1)
+    precision = right.selectbox("Precision", PRECISIONS, key="retrain_precision")
+    signed_out = policy.needs_login and not auth.current_user().get("is_logged_in")
+    submitted = st.form_submit_button("Retrain", type="primary", disabled=signed_out)
+
+if submitted:
+    overrides = {"data": data, "epochs": epochs, "limit_per_class": limit or None, "val_size": val_size,
+                 "seed": seed, "precision": precision}
+    try:
+        job = backend.submit(model, overrides, submitted_by=check_rights())
+    except auth.NotAllowed as exc:
+        st.error(f"Not submitted: {exc}", icon=":material/lock:")
+    except CifarError as exc:
+        st.error(f"Not submitted: {exc}")
+    else:
+        if job.reused:
+            st.info(f"The same training is already job {job.id} ({job.status}); no second job was queued.")
+        else:
+            st.success(f"Queued as job {job.id}.")
+
+# ---------------------------------------------------------------- the jobs
+
+ACTIONS = {"Cancel": lambda job_id: backend.cancel(job_id, wait=3), "Resume": backend.resume}
+
+
+def act(label: str, job_id: int) -> None:
+    """Button callback (runs on the server before the rerun): check rights, then act."""
+    try:
+        check_rights()
+        ACTIONS[label](job_id)
+    except auth.NotAllowed as exc:
+        st.session_state[MESSAGE_KEY] = f"{label} refused: {exc}"
+    except CifarError as exc:
+        st.session_state[MESSAGE_KEY] = str(exc)
+
+
+def select_run(run_id: str) -> None:
+    """Button callback: the new run goes first in the selection every page shares."""
+    chosen = [r for r in st.session_state.get(_common.SELECTION_KEY, []) if r != run_id]
+    st.session_state[_common.SELECTION_KEY] = [run_id, *chosen]
+
+
+def show_job(job: jobs.Job) -> None:
+    with st.container(border=True):
+        head, buttons = st.columns([4, 1])
+        cancelling = " (cancelling)" if job.cancel_requested and job.active else ""
+        who = f" by {job.submitted_by}" if job.submitted_by else ""
+        head.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {job.id}** · `{job.model}` · "
+                      f"**{job.status}**{cancelling} · queued {ago(job.created_at)}{who}")
+        head.caption(f"run `{job.run_id}` · attempt {job.attempt}")
+        if job.active:
+            buttons.button("Cancel", key=f"cancel-{job.id}", on_click=act, args=("Cancel", job.id))
+        if job.status in ("lost", "failed"):
+            buttons.button("Resume", key=f"resume-{job.id}", on_click=act, args=("Resume", job.id),
+                           help="Continue from the last completed epoch, as a new attempt")
+        if job.status == "succeeded" and buttons.button("Open run", key=f"open-{job.id}", type="primary",
+                                                        on_click=select_run, args=(job.run_id,)):
+            st.switch_page("pages/run_details.py")
+
+        if job.status == "running":
+            st.progress(job.fraction_done, text=job.describe_progress())
+            if job.progress.get("updated_at"):
+                st.caption(f"last heartbeat {ago(job.heartbeat_at)}")
+        elif job.status == "queued":
+            st.caption("waiting for a free training slot")
+        elif job.progress and job.status != "cancelled":
+            st.caption(job.describe_progress())
+        if job.error and job.status in ("failed", "lost"):
+            st.error(job.error)
+        with st.expander("Log" if job.active else "Log tail", expanded=job.status in ("failed", "lost")):
+            st.code(backend.logs(job.id, lines=40) or job.log_tail or "(no output yet)", language=None,
+                    wrap_lines=True)
+
+
+@st.fragment(run_every=REFRESH_SECONDS)
+def job_list() -> None:
+    if message := st.session_state.pop(MESSAGE_KEY, None):
+        st.error(message, icon=":material/lock:" if "refused" in message else None)
+    found = backend.list_jobs(limit=20)
+    st.subheader(f"Jobs ({sum(job.active for job in found)} queued or running)")
+    if not found:
+        st.info("No trainings yet. Fill in the form above and press **Retrain**.")
+    for job in found:
+        show_job(job)
+
+
+job_list()

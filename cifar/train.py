@@ -161,10 +161,15 @@ def _model_for(config: RunConfig, state: dict, work) -> tuple[keras.Model, dict]
                             augment=config.augment, seed=config.seed)
     if not spec.is_transfer:
         source = {"weights": None}
+    compile_for_training(model, config)
+    return model, source
+
+
+def compile_for_training(model: keras.Model, config: RunConfig) -> None:
+    """The optimizer, loss and metrics of a run (one-hot labels, so smoothing works)."""
     model.compile(optimizer=_optimizer(config),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=["accuracy"])
-    return model, source
 
 
 def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:

@@ -44,7 +44,9 @@ def measure(name: str, steps: int, precision: str, input_size: int | None, batch
     config = resolve_config(name, **overrides)
     model = build_model(name, input_size=config.input_size, weights=config.weights,
                         augment=config.augment, seed=0)
-    compile_for_training(model, config)
+    if spec.prepare:
+        spec.prepare(model, np.random.default_rng(1).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
+    compile_for_training(model, config, steps_per_epoch=steps)
     rng = np.random.default_rng(0)
     n = config.batch_size * steps
     x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)

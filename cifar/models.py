@@ -21,7 +21,7 @@ from typing import Callable
 import keras
 from keras import layers
 
-from cifar import IMAGE_SHAPE, NUM_CLASSES
+from cifar import IMAGE_SHAPE, NUM_CLASSES, fast_cnn
 from cifar.errors import ModelError
 
 WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local .h5 file
@@ -41,6 +41,10 @@ class Recipe:
     input_size: int | None = None      # transfer models resize inside the model
     weights: str | None = None         # transfer models: imagenet | none | path
     init_from: str | None = None       # fine-tuning starts from a run of this model
+    momentum: float = 0.9              # sgd_nesterov only
+    weight_decay: float | None = None  # decoupled, scaled by the current learning rate
+    warmup_fraction: float = 0.0       # > 0: linear warm-up then cosine decay to 0
+    ema_momentum: float | None = None  # weights replaced by their EMA every 5 steps
     summary: str = ""
 
 
@@ -51,6 +55,7 @@ class ModelSpec:
     recipe: Recipe
     study_section: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    prepare: Callable | None = None  # prepare(model, x_train) before training starts
 
     @property
     def is_transfer(self) -> bool:
@@ -60,10 +65,11 @@ class ModelSpec:
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(recipe: Recipe, study_section: str = "", tags: tuple[str, ...] = ()):
+def register(recipe: Recipe, study_section: str = "", tags: tuple[str, ...] = (),
+             prepare: Callable | None = None):
     def wrap(builder):
         name = builder.__name__.removeprefix("build_")
-        REGISTRY[name] = ModelSpec(name, builder, recipe, study_section, tags)
+        REGISTRY[name] = ModelSpec(name, builder, recipe, study_section, tags, prepare)
         return builder
     return wrap
 
@@ -325,6 +331,16 @@ def build_resnet50_finetune(input_size: int = 224, weights: str | None = "imagen
     model = _resnet50(input_size, weights, augment, trainable_from=None)
     model.name = "resnet50_finetune"
     return model
+
+
+@register(Recipe(optimizer="sgd_nesterov", learning_rate=1.5, batch_size=1024, epochs=10, augment=True,
+                 label_smoothing=0.2, momentum=0.85, weight_decay=1.3e-5, warmup_fraction=0.2,
+                 ema_momentum=0.95,
+                 summary="airbench94-style: whitening, identity init, EMA, TTA; 10 epochs"),
+          tags=("fast",), prepare=fast_cnn.prepare_fast_cnn)
+def build_fast_cnn(augment: bool = True) -> keras.Model:
+    """See cifar/fast_cnn.py: the recipe, its sources and its deviations."""
+    return fast_cnn.build_fast_cnn(augment)
 
 
 def count_params(model: keras.Model) -> dict[str, int]:

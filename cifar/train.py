@@ -89,7 +89,7 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
     if state and state.get("data_fingerprint") != data.fingerprint:
         raise RunError(f"run {run_id} was trained on data {state.get('data_fingerprint')} but "
                        f"'{config.data}' is {data.fingerprint}; resume it with the same data")
-    model, source = _model_for(config, state, work)
+    model, source = _model_for(config, state, work, x_train)
     history = state.get("history", [])
     progress = ProgressFile(artifacts.progress_path(run_id), run_id, config, len(x_train))
     progress.update(status="running", epoch=len(history))
@@ -141,7 +141,7 @@ def _one_hot(labels: np.ndarray) -> np.ndarray:
     return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
 
 
-def _model_for(config: RunConfig, state: dict, work) -> tuple[keras.Model, dict]:
+def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tuple[keras.Model, dict]:
     """The model to train: restored from the last checkpoint, or freshly built."""
     if state:
         path = work / state["checkpoint"]
@@ -159,15 +159,17 @@ def _model_for(config: RunConfig, state: dict, work) -> tuple[keras.Model, dict]
     else:
         model = build_model(config.model, input_size=config.input_size, weights=config.weights,
                             augment=config.augment, seed=config.seed)
+        if spec.prepare:
+            spec.prepare(model, x_train)
     if not spec.is_transfer:
         source = {"weights": None}
-    compile_for_training(model, config)
+    compile_for_training(model, config, steps_per_epoch=math.ceil(len(x_train) / config.batch_size))
     return model, source
 
 
-def compile_for_training(model: keras.Model, config: RunConfig) -> None:
+def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch: int | None = None) -> None:
     """The optimizer, loss and metrics of a run (one-hot labels, so smoothing works)."""
-    model.compile(optimizer=_optimizer(config),
+    model.compile(optimizer=_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=["accuracy"])
 
@@ -183,12 +185,23 @@ def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:
     return {"weights": info.metadata.get("pretrained_weights"), "init_from_run": run_id}
 
 
-def _optimizer(config: RunConfig):
+def _optimizer(config: RunConfig, steps_per_epoch: int | None):
+    recipe = get_spec(config.model).recipe
+    learning_rate = config.learning_rate
+    if recipe.warmup_fraction and steps_per_epoch:
+        total = steps_per_epoch * config.epochs
+        warmup = max(1, int(total * recipe.warmup_fraction))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate * 0.2, decay_steps=max(1, total - warmup),
+            warmup_target=config.learning_rate, warmup_steps=warmup)
+    options = {"weight_decay": recipe.weight_decay}
+    if recipe.ema_momentum is not None:
+        options.update(use_ema=True, ema_momentum=recipe.ema_momentum, ema_overwrite_frequency=5)
     if config.optimizer == "adam":
-        return keras.optimizers.Adam(config.learning_rate)
+        return keras.optimizers.Adam(learning_rate, **options)
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(config.learning_rate)
-    return keras.optimizers.SGD(config.learning_rate, momentum=0.9, nesterov=True)
+        return keras.optimizers.RMSprop(learning_rate, **options)
+    return keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, nesterov=True, **options)
 
 
 def _current_lr(model) -> float:

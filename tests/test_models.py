@@ -85,3 +85,22 @@ def test_weights_from_a_local_file_are_loaded(tmp_path):
     model = build_model("vgg16_transfer", weights=str(path), input_size=32)
     inner = next(layer for layer in model.layers if isinstance(layer, keras.Model))
     np.testing.assert_array_equal(inner.get_weights()[0], base.get_weights()[0])
+
+
+def test_fast_cnn_whitening_and_test_time_augmentation():
+    import keras
+    from cifar.fast_cnn import TTA_WEIGHTS
+    model = build_model("fast_cnn", seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    get_spec("fast_cnn").prepare(model, images)
+    # The first 12 whitening channels are decorrelated with unit variance on the data.
+    whitened = keras.Model(model.input, model.get_layer("whiten").output).predict(images, verbose=0)
+    covariance = np.cov(whitened[..., :12].reshape(-1, 12).T)
+    np.testing.assert_allclose(np.diag(covariance), 1, atol=0.1)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.1
+    # At inference the trunk sees all 6 variants; a mirrored image gets nearly
+    # the same prediction (only the shifted variants differ).
+    assert len(TTA_WEIGHTS) == 6 and np.isclose(sum(TTA_WEIGHTS), 1)
+    probabilities = model.predict(images[:4], verbose=0)
+    mirrored = model.predict(images[:4, :, ::-1], verbose=0)
+    np.testing.assert_allclose(probabilities, mirrored, atol=0.05)

@@ -47,7 +47,7 @@ def ago(timestamp: float | None) -> str:
 
 # ---------------------------------------------------------------- who may retrain
 
-st.title("Retrain")
+_common.start_page("Retrain")
 st.caption("Queue a training on this machine. Jobs keep running when the browser closes; "
            "a finished run appears on every page.")
 if policy.banner():

@@ -9,18 +9,28 @@ from streamlit.testing.v1 import AppTest
 from cifar import auth
 from cifar.config import PRECISIONS
 from cifar.models import REGISTRY
+from tests import fixture_runs
 from tests.test_jobs import backend, data, no_worker, tiny, wait_for  # noqa: F401 - fixtures
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "retrain.py")
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+
+
+@pytest.fixture(autouse=True)
+def later_request_state():
+    """Requests after a server's first (see fixture_runs.past_first_request)."""
+    with fixture_runs.past_first_request():
+        yield
 
 
 def page(secrets: dict | None = None, user: dict | None = None) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
+    """The Retrain page, opened through the app as a browser would."""
+    at = AppTest.from_file(APP, default_timeout=60)
     # Always set secrets, so a developer's own .streamlit/secrets.toml cannot change the mode.
     at.secrets.update(secrets or {"retrain": {}})
     if user is not None:
         at.user = user
-    return at.run()
+    at.run()
+    return at.switch_page("pages/retrain.py").run()
 
 
 def fill_form(at: AppTest, data_source: str = "keras") -> AppTest:
@@ -117,6 +127,6 @@ def test_a_running_job_shows_live_progress_then_a_link_to_its_run(backend, data)
 
 
 def test_the_page_only_renders():
-    source = Path(PAGE).read_text()
+    source = (Path(APP).parent / "pages" / "retrain.py").read_text()
     for banned in ("import keras", "from keras", "pathlib", "os.path", "open(", "sqlite3", "subprocess"):
         assert banned not in source, f"pages/retrain.py should ask cifar/ instead of using {banned}"

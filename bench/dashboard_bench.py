@@ -1,0 +1,193 @@
+"""Dashboard speed over 50 synthetic runs, measured in a real browser.
+
+    python -m bench.dashboard_bench [--runs 50] [--rounds 5] [--root DIR]
+
+Writes `--runs` fixture runs (tests/fixture_runs.py; 10,000 test images
+each, so tables have their real sizes) under a temporary artifacts root, or
+reuses DIR. Then, with headless Chromium already open, it times:
+
+- cold start: from launching `streamlit run streamlit_app.py` to the Models
+  page drawn (results table and frontier charts on screen, script idle);
+- page switch: a click on a page in the sidebar to that page drawn, for
+  every page, `--rounds` times; the first visit of a page fills its caches
+  and is reported apart from the later ones;
+- selection change: adding a run to the sidebar's selection (timed from
+  the moment the picker sends it, when its menu closes) and removing it
+  again (from the click on its chip), on the Learning curves page, until
+  the page is drawn again.
+
+"Drawn" is tests/fixture_runs.PAGE_IDLE: no script running, no stale
+element, every chart's SVG and every image in place.
+
+Two more figures make those readable on a shared machine: the same cold
+start and page switch for a two-page "hello" Streamlit app, measured in the
+same process (the floor this machine puts under any Streamlit app), and
+each page's script time on the server alone (AppTest, warm caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tests.fixture_runs import (CHROMIUM, CHROMIUM_ARGS, PAGE_IDLE, free_port, make_many_runs, open_when_up,
+                                streamlit_server)
+
+PAGES = ["Learning curves", "Confusion", "Predict", "Run details", "Models"]
+
+
+def drawn(page, heading: str) -> None:
+    page.get_by_role("heading", name=heading, exact=True).wait_for(timeout=120_000)
+    page.wait_for_function(PAGE_IDLE, timeout=120_000)
+
+
+def timed(action, until) -> float:
+    start = time.perf_counter()
+    action()
+    until()
+    return time.perf_counter() - start
+
+
+def cold_start(page, port: int, log: Path, stack: contextlib.ExitStack) -> float:
+    """Seconds from launching the server to the Models page drawn."""
+    start = time.perf_counter()
+    stack.enter_context(streamlit_server(port, log))
+    open_when_up(page, f"http://127.0.0.1:{port}/")
+    drawn(page, "Models")
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    return time.perf_counter() - start
+
+
+def switch_pages(page, rounds: int) -> dict[str, list[float]]:
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    timings: dict[str, list[float]] = {name: [] for name in PAGES}
+    for _ in range(rounds):
+        for name in PAGES:
+            timings[name].append(timed(lambda: nav.get_by_role("link", name=name, exact=True).click(),
+                                       lambda: drawn(page, name)))
+    return timings
+
+
+def change_selection(page, rounds: int, addable: list[str]) -> list[float]:
+    """Alternately add a run to the sidebar's selection (its id suffix typed
+    into the picker) and remove it again (its chip's remove button), on the
+    Learning curves page."""
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Learning curves", exact=True).click()
+    drawn(page, "Learning curves")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    picker = sidebar.locator('[data-testid="stMultiSelect"] input')
+
+    def shows(count: int):
+        def check():
+            sidebar.get_by_text(f"· {count} selected").wait_for(timeout=60_000)
+            page.wait_for_function(PAGE_IDLE, timeout=60_000)
+        return check
+
+    selected = int(sidebar.get_by_text(" selected").inner_text().split("·")[1].split()[0])
+    timings = []
+    for run_id in addable[:rounds]:
+        picker.click()
+        page.keyboard.type(run_id[-4:])
+        option = page.get_by_role("option", name=f"· {run_id[-4:]} ·")  # once the menu has filtered
+        label = option.inner_text()
+        option.click()
+        # The picker sends its value when its menu closes: the clock starts there.
+        timings.append(timed(lambda: page.keyboard.press("Escape"), shows(selected + 1)))
+        timings.append(timed(lambda: sidebar.get_by_label(f"Remove {label}").click(), shows(selected)))
+    return timings
+
+
+def hello_floor(browser, rounds: int, log: Path) -> tuple[float, list[float]]:
+    """Cold start and page switches of a two-page app that only prints a title."""
+    app = Path(tempfile.mkdtemp(prefix="hello-app-"))
+    (app / "views").mkdir()
+    for name in ("a", "b"):
+        (app / "views" / f"{name}.py").write_text(f"import streamlit as st\nst.title('Page {name}')\n")
+    (app / "hello.py").write_text("import streamlit as st\nst.navigation([st.Page('views/a.py', title='A'), "
+                                  "st.Page('views/b.py', title='B')]).run()\n")
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        start = time.perf_counter()
+        stack.enter_context(streamlit_server(port, log, script=app / "hello.py"))
+        open_when_up(page, f"http://127.0.0.1:{port}/")
+        drawn(page, "Page a")
+        cold = time.perf_counter() - start
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        switches = [timed(lambda n=n: nav.get_by_role("link", name=n, exact=True).click(),
+                          lambda n=n: drawn(page, f"Page {n.lower()}"))
+                    for _ in range(rounds) for n in ("B", "A")]
+    page.close()
+    return cold, switches
+
+
+def script_seconds(rounds: int) -> dict[str, float]:
+    """Median script time of each page on the server alone (AppTest, warm caches)."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.fixture_runs import REPO, past_first_request
+
+    files = {"Models": "pages/models.py", "Learning curves": "pages/curves.py",
+             "Confusion": "pages/confusion.py", "Predict": "pages/predict.py",
+             "Run details": "pages/run_details.py"}
+    timings: dict[str, list[float]] = {name: [] for name in files}
+    with past_first_request():
+        app = AppTest.from_file(REPO / "streamlit_app.py", default_timeout=120).run()
+        for round_ in range(rounds + 1):
+            for name, path in files.items():
+                app.switch_page(path)
+                seconds = timed(app.run, lambda: None)
+                if round_:  # the first round fills the caches
+                    timings[name].append(seconds)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def summary(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} s, max {max(values):.2f} s (n={len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--root", help="artifacts root to reuse (created with --runs runs if empty)")
+    args = parser.parse_args()
+
+    root = Path(args.root or tempfile.mkdtemp(prefix="dashboard-bench-"))
+    os.environ["CIFAR_ARTIFACTS"] = str(root)
+    if not (root / "runs").is_dir():
+        started = time.perf_counter()
+        make_many_runs(args.runs)
+        print(f"wrote {args.runs} runs under {root} in {time.perf_counter() - started:.0f} s")
+    print(f"{len(list((root / 'runs').iterdir()))} runs under {root}; {os.cpu_count()} CPU cores")
+
+    scripts = script_seconds(args.rounds)  # before Playwright: its event loop slows AppTest down
+
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright, contextlib.ExitStack() as stack:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        first = cold_start(page, free_port(), root / "streamlit.log", stack)
+        switches = switch_pages(page, args.rounds)
+        oldest = sorted(p.name for p in (root / "runs").iterdir())  # the default selection is the newest
+        selections = change_selection(page, args.rounds, oldest)
+        stack.close()
+        hello_cold, hello_switches = hello_floor(browser, args.rounds, root / "hello.log")
+        browser.close()
+
+    print(f"cold start to Models drawn: {first:.2f} s  (hello app: {hello_cold:.2f} s)")
+    for name, values in switches.items():
+        print(f"switch to {name:<16} first visit {values[0]:.2f} s; later visits {summary(values[1:])}; "
+              f"script alone {scripts[name]:.2f} s")
+    later = [v for values in switches.values() for v in values[1:]]
+    print(f"page switches after first visits: {summary(later)}  (hello app: {summary(hello_switches)})")
+    print(f"selection change on Learning curves: {summary(selections)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""What every page shares: cached reads of the artifacts, the run selection
+kept in the URL, and the messages for empty, broken and failing states.
+
+Tables are cached with `st.cache_data` keyed on what changed on disk: the
+run list on `artifacts.runs_signature()`, a run's tables on its own folder's
+modification time (a published run never changes, so a new run does not
+evict the others). Models are cached with `st.cache_resource`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+
+from cifar import IMAGE_SHAPE, artifacts, dashboard, predict
+from cifar.errors import CifarError
+
+SELECTION_KEY = "selected_runs"
+URL_PARAM = "run"
+_FRAME_DRAWN = "_app_frame_drawn"
+_log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- cached reads
+
+def _on_disk() -> tuple[str, int]:
+    """Cache key for what is on disk: the artifacts root and a digest of its
+    runs' signature (hashing 50 (name, mtime) pairs on every call is not free)."""
+    return str(artifacts.root()), hash(artifacts.runs_signature())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+    runs, skipped = artifacts.scan_runs()
+    return [(r.run_id, r.metadata) for r in runs], [(s.name, s.reason) for s in skipped]
+
+
+def runs() -> list[tuple[str, dict]]:
+    """(run id, metadata) of every readable run, oldest first."""
+    return _scan(*_on_disk())[0]
+
+
+def skipped() -> list[tuple[str, str]]:
+    return _scan(*_on_disk())[1]
+
+
+def metadata(run_id: str) -> dict:
+    return dict(runs()).get(run_id, {})
+
+
+def labels() -> dict[str, str]:
+    return {run_id: dashboard.run_label(run_id, meta) for run_id, meta in runs()}
+
+
+@st.cache_data(show_spinner=False, max_entries=400)
+def _table(run_id: str, name: str, version: int) -> pd.DataFrame:
+    return artifacts.read_table(run_id, name)
+
+
+def _version(run_id: str) -> int:
+    """The run folder's modification time: it changes only if the run is replaced."""
+    return dict(artifacts.runs_signature()).get(run_id, 0)
+
+
+def table(run_id: str, name: str) -> pd.DataFrame:
+    """One table of one run (raises RunError with a readable message)."""
+    return _table(run_id, name, _version(run_id))
+
+
+def tables(run_ids: list[str], name: str) -> dict[str, pd.DataFrame]:
+    """{run label: table} for the runs whose table can be read; a warning
+    names each run whose table cannot, and the others still show."""
+    found, names = {}, labels()
+    for run_id in run_ids:
+        try:
+            found[names.get(run_id, run_id)] = table(run_id, name)
+        except CifarError as exc:
+            st.warning(f"**{names.get(run_id, run_id)}** is left out here: {exc}")
+    return found
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _comparison(root: str, signature: int) -> pd.DataFrame:
+    listed, _ = _scan(root, signature)
+    metrics, problems = {}, {}
+    for run_id, _meta in listed:
+        try:
+            metrics[run_id] = artifacts.read_table(run_id, "metrics").iloc[0].to_dict()
+        except (CifarError, IndexError) as exc:
+            problems[run_id] = f"Metrics unreadable: {exc or 'the table is empty'}"  # the row stays
+    table = dashboard.comparison_table(listed, metrics)
+    for run_id, problem in problems.items():
+        table.loc[table.run_id == run_id, dashboard.NOTES] = problem
+    return table
+
+
+def comparison() -> pd.DataFrame:
+    return _comparison(*_on_disk())
+
+
+@st.cache_data(show_spinner=False)
+def study_rows() -> pd.DataFrame:
+    return dashboard.study_rows(dashboard.study_results())
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _model(run_id: str, version: int):
+    model = predict.load_model(run_id)
+    # The first call traces the graph; doing it here keeps it out of the timings shown.
+    predict.predict_with_timing(model, np.zeros(IMAGE_SHAPE, dtype=np.uint8))
+    return model
+
+
+def model(run_id: str):
+    return _model(run_id, _version(run_id))
+
+
+# ---------------------------------------------------------------- the frame
+
+def app_frame() -> None:
+    """What streamlit_app.py draws around every page: the run picker."""
+    st.session_state[_FRAME_DRAWN] = True
+    selection_sidebar()
+
+
+def start_page(title: str, *, expand_warnings: bool = False) -> None:
+    """First line of every page: its title and the notice of unreadable runs.
+
+    It also makes sure streamlit_app.py ran in this run. The first request a
+    fresh server gets runs in Streamlit's legacy mode for apps with a pages/
+    folder, which executes a deep-linked page alone, without
+    streamlit_app.py: no sidebar, no selection. Only a call to st.navigation
+    switches that mode off, too late for that request; so switch it off here
+    (Streamlit 1.67 keeps the switch on PagesManager) and rerun."""
+    if not st.session_state.pop(_FRAME_DRAWN, False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+    st.title(title)
+    skipped_notice(expand_warnings)
+
+
+# ---------------------------------------------------------------- selection
+
+def selected() -> list[str]:
+    """Run ids chosen in the sidebar, in the order chosen."""
+    return list(st.session_state.get(SELECTION_KEY, []))
+
+
+def selection_sidebar() -> None:
+    """The run picker every page shares, mirrored into the URL (?run=ID&run=ID)
+    so that a copied link reopens the same comparison."""
+    listed = runs()
+    ids = [run_id for run_id, _ in listed]
+    if SELECTION_KEY not in st.session_state:
+        from_url = [r for r in st.query_params.get_all(URL_PARAM) if r in ids]
+        st.session_state[SELECTION_KEY] = from_url or dashboard.default_selection(listed)
+    else:  # a run deleted since the last rerun drops out quietly
+        st.session_state[SELECTION_KEY] = [r for r in st.session_state[SELECTION_KEY] if r in ids]
+    names = labels()
+    st.sidebar.multiselect("Runs to compare", ids, key=SELECTION_KEY, format_func=lambda r: names.get(r, r),
+                           placeholder="Choose runs", help="Shared by every page and kept in the page address, "
+                           "so a copied link opens the same comparison.")
+    st.sidebar.caption(f"{len(ids)} runs on disk · {len(selected())} selected")
+    if selected():
+        st.query_params[URL_PARAM] = selected()
+    elif URL_PARAM in st.query_params:
+        del st.query_params[URL_PARAM]
+
+
+def skipped_notice(expanded: bool) -> None:
+    """Names every run folder that could not be read, and why."""
+    broken = skipped()
+    if broken:
+        heading = (f"{len(broken)} run folder could not be read and is hidden" if len(broken) == 1 else
+                   f"{len(broken)} run folders could not be read and are hidden")
+        with st.expander(f"{heading}; every other run is shown", expanded=expanded, icon=":material/warning:"):
+            st.warning("\n".join(f"- `{name}`: {reason}" for name, reason in broken))
+
+
+# ---------------------------------------------------------------- states
+
+def no_runs_message() -> None:
+    st.info(f"No trained runs yet (looked in `{artifacts.runs_dir()}`). Train one with:", icon=":material/info:")
+    st.code(dashboard.TRAIN_COMMAND, language="bash")
+    st.caption("It takes a few minutes on a laptop; reload this page when it finishes.")
+
+
+def require_selection() -> list[str]:
+    """The selected runs, or stop the page with a message saying what to do."""
+    if not runs():
+        no_runs_message()
+        st.stop()
+    if not selected():
+        st.info("Choose one or more runs in the sidebar under **Runs to compare**.", icon=":material/arrow_back:")
+        st.stop()
+    return selected()
+
+
+@contextlib.contextmanager
+def friendly_errors():
+    """Errors become one readable message on the page, never a traceback."""
+    try:
+        yield
+    except CifarError as exc:
+        st.error(str(exc))
+    except Exception as exc:  # noqa: BLE001 - the page must stay usable whatever happens
+        _log.exception("dashboard page failed")
+        st.error(f"This page could not be shown ({exc.__class__.__name__}: {exc}). "
+                 "The other pages still work; reload to try again.")

@@ -1,0 +1,54 @@
+"""Predict: what every selected model says about uploaded images or a random
+test image, the 32x32 picture the models actually see, and each one's time."""
+
+import numpy as np
+import streamlit as st
+
+from cifar import dashboard as d, predict
+from cifar.errors import CifarError, ImageError
+from pages import _common
+
+COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+           "Correct": st.column_config.CheckboxColumn(help="Whether the best guess is the image's true class"),
+           "Time (ms)": st.column_config.NumberColumn(format="%.1f", help="One forward pass on this server")}
+
+_common.start_page("Predict")
+run_ids = _common.require_selection()
+names = _common.labels()
+limit_mb = st.get_option("server.maxUploadSize")
+
+uploads = st.file_uploader(f"Upload images: JPEG, PNG, WebP, BMP or GIF, up to {limit_mb} MB each",
+                           accept_multiple_files=True, key="uploads")
+if st.button("Draw a random test image", icon=":material/casino:"):
+    galleries = _common.tables(run_ids[:1], "gallery")
+    st.session_state.random_image = d.pick_random_image(galleries, np.random.default_rng())
+
+images = []  # (title, 32x32 image, true class or None)
+for upload in uploads or []:
+    try:
+        images.append((upload.name, predict.decode_image(upload.getvalue(), name=upload.name,
+                                                         max_bytes=limit_mb * 1_000_000), None))
+    except ImageError as exc:
+        st.error(str(exc), icon=":material/block:")
+drawn = st.session_state.get("random_image")
+if drawn:
+    images.append((f"Random test image #{drawn['index']} (true class: {drawn['true_class']})",
+                   predict.decode_image(drawn["png"]), drawn["true_class"]))
+if not images:
+    st.info("Upload one or more images, or draw a random test image, to see what each selected model predicts.")
+    st.stop()
+
+models = {}
+with st.spinner("Loading the selected models (the first time takes a few seconds)…"):
+    for run_id in run_ids:
+        try:
+            models[names[run_id]] = _common.model(run_id)
+        except CifarError as exc:
+            st.error(f"**{names[run_id]}** cannot predict: {exc}")
+
+for title, image, true_class in images:
+    st.subheader(title)
+    picture, guesses = st.columns([1, 7])
+    picture.image(d.enlarge(image), caption="What the models see (32×32)", width=128)
+    results = {label: predict.predict_with_timing(model, image) for label, model in models.items()}
+    guesses.dataframe(d.prediction_rows(results, true_class), hide_index=True, column_config=COLUMNS)

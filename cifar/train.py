@@ -91,6 +91,8 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
                        f"'{config.data}' is {data.fingerprint}; resume it with the same data")
     model, source = _model_for(config, state, work, x_train)
     history = state.get("history", [])
+    # Wall time of earlier attempts of this run (0 unless resumed); read once.
+    earlier_seconds = state.get("elapsed_seconds", 0.0)
     progress = ProgressFile(artifacts.progress_path(run_id), run_id, config, len(x_train))
     progress.update(status="running", epoch=len(history))
 
@@ -114,12 +116,11 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
         history.append({"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
                         "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
                         "seconds": seconds, "train_images_per_s": len(x_train) / max(progress.last_train_seconds or seconds, 1e-9),
-                        "elapsed_seconds": time.time() - started + state.get("elapsed_seconds", 0.0)})
+                        "elapsed_seconds": time.time() - started + earlier_seconds})
         best_epoch = _best_epoch(history)
         if best_epoch == epoch + 1 and config.early_stopping_patience:
             _save_weights_atomic(model, work / BEST_WEIGHTS)
         _checkpoint(model, work, epoch + 1, history, data.fingerprint, train_seconds, source)
-        state = _read_state(work)
         if config.early_stopping_patience and epoch + 1 - best_epoch >= config.early_stopping_patience:
             break
 
@@ -130,7 +131,7 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
     final_model = _inference_copy(model, config)
     result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
     metadata = _metadata(run_id, config, data, final_model, history, best_epoch, source,
-                         train_seconds, len(x_train), len(x_val), started, state)
+                         train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds)
     _publish(run_id, final_model, history, result, metadata)
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
@@ -249,7 +250,7 @@ def _inference_copy(model: keras.Model, config: RunConfig) -> keras.Model:
 
 
 def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
-              train_seconds, n_train, n_val, started, state) -> dict:
+              train_seconds, n_train, n_val, wall_seconds) -> dict:
     spec = get_spec(config.model)
     weights = source.get("weights")
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
@@ -267,7 +268,7 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
         "epochs_planned": config.epochs, "epochs_run": len(history), "best_epoch": best_epoch,
         "stopped_early": len(history) < config.epochs,
         "train_seconds": train_seconds,
-        "wall_seconds": time.time() - started + state.get("elapsed_seconds", 0.0),
+        "wall_seconds": wall_seconds,
         "train_images_per_s": float(np.median(speeds)),
         "data": {"source": config.data, "fingerprint": data.fingerprint, "description": data.description,
                  "n_train": n_train, "n_val": n_val, "n_test": len(data.y_test)},

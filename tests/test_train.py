@@ -29,7 +29,9 @@ def tiny_data(tmp_path):
 def test_train_publishes_a_complete_readable_run(tiny_data):
     from cifar.train import start_run
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
+    started = time.time()
     run_id = start_run(config, verbose=0)
+    real_seconds = time.time() - started
 
     assert [r.run_id for r in artifacts.list_runs()] == [run_id]
     assert not artifacts.work_dir(run_id).exists(), "the work folder is cleaned up"
@@ -40,6 +42,8 @@ def test_train_publishes_a_complete_readable_run(tiny_data):
     assert meta["imagenet_weights"] is None and meta["data"]["n_train"] == 30
     assert meta["environment"]["backend"] == "tensorflow" and meta["environment"]["hardware"]["cores"] >= 1
     assert list(run["history"].epoch) == [1, 2]
+    elapsed = run["history"].elapsed_seconds
+    assert elapsed.is_monotonic_increasing and elapsed.iloc[-1] <= meta["wall_seconds"] <= real_seconds
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"} <= set(run["history"])
     assert run["confusion"]["count"].sum() == 20 and len(run["confusion"]) == 100
     assert len(run["predictions"]) == 20

@@ -93,7 +93,10 @@ def resolve_training_config(model: str, overrides: dict):
     if overrides.get("init_from_run"):
         donor = artifacts.get_run(overrides["init_from_run"])
         if overrides.get("input_size") is None:
-            overrides["input_size"] = donor.metadata["config"].get("input_size")
+            overrides["input_size"] = donor.metadata.get("config", {}).get("input_size")
+        if overrides.get("weights") is not None:
+            raise CifarError("--weights does not apply with --from-run: fine-tuning keeps the donor run's weights")
+        overrides["weights"] = donor.metadata.get("pretrained_weights")
     return resolve_config(model, **overrides)
 
 
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except CifarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions: say which file, no traceback
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; resume with: python -m cifar resume RUN_ID (see python -m cifar runs --all)",
               file=sys.stderr)
@@ -207,13 +213,14 @@ def cmd_evaluate(args) -> int:
         from cifar.evaluate import evaluate
         from cifar.predict import load_model
         data = load_cifar10(args.recompute)
-        metrics = evaluate(load_model(args.run_id), data.x_test, data.y_test).metrics.iloc[0]
+        result = evaluate(load_model(args.run_id), data.x_test, data.y_test)
+        metrics, per_class = result.metrics.iloc[0], result.per_class
     else:
         metrics = artifacts.read_table(args.run_id, "metrics").iloc[0]
+        per_class = artifacts.read_table(args.run_id, "per_class")
     print(f"run {info.run_id} ({info.model})")
     for key, value in metrics.items():
         print(f"  {key:20} {value:.4f}" if isinstance(value, float) else f"  {key:20} {value}")
-    per_class = artifacts.read_table(args.run_id, "per_class")
     print(per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 
@@ -237,7 +244,8 @@ def cmd_runs(args) -> int:
     for row in rows:
         acc = f"{row['test_accuracy']:.4f}" if row["test_accuracy"] is not None else "?"
         flag = "  (no ImageNet weights)" if row["imagenet_weights"] is False else ""
-        print(f"{row['run_id']:45} {row['model']:20} epochs {row['epochs']:>3}  test acc {acc}{flag}")
+        epochs = row["epochs"] if row["epochs"] is not None else "?"
+        print(f"{row['run_id']:45} {row['model']:20} epochs {epochs:>3}  test acc {acc}{flag}")
     for s in skipped:
         print(f"skipped {s.name}: {s.reason}", file=sys.stderr)
     if args.all:

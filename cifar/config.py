@@ -54,7 +54,7 @@ def resolve_config(model: str, **overrides) -> RunConfig:
         learning_rate=recipe.learning_rate, optimizer=recipe.optimizer, augment=recipe.augment,
         early_stopping_patience=recipe.early_stopping_patience,
         label_smoothing=recipe.label_smoothing, input_size=recipe.input_size,
-        weights=recipe.weights, init_from_run=None,
+        weights=recipe.weights, init_from_run=None, val_size=recipe.val_size,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     if values["early_stopping_patience"] == 0:  # --patience 0 turns early stopping off
@@ -84,6 +84,10 @@ def validate(config: RunConfig) -> None:
         bad(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {config.optimizer})")
     if config.limit_per_class is not None and config.limit_per_class < 1:
         bad(f"--limit-per-class must be at least 1 (got {config.limit_per_class})")
+    if not 0 <= config.seed < 2**32:
+        bad(f"--seed must be between 0 and {2**32 - 1} (got {config.seed})")
+    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+        bad(f"early-stopping patience must be at least 1 epoch (got {config.early_stopping_patience})")
     if config.val_size < 0:
         bad(f"--val-size cannot be negative (got {config.val_size})")
     if config.input_size is not None and not 32 <= config.input_size <= 512:

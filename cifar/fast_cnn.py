@@ -8,9 +8,9 @@ under 10 epochs) and its paper, in our own code:
   GELU; convolutions without bias, identity-initialised on their first input
   channels; BatchNorm with its scale frozen at 1 and fast momentum (0.6);
 - max pool, linear layer scaled by 1/9; label smoothing 0.2;
-- Nesterov SGD (momentum 0.85) with warm-up then decay, weight decay, and an
-  exponential moving average of the weights written back every 5 steps
-  (airbench's "lookahead");
+- Nesterov SGD (momentum 0.85) with warm-up then decay, weight decay, and
+  airbench's "lookahead" (`LookaheadSGD`: every 5 steps the weights move to
+  a moving average whose weight grows as (step/total)^3);
 - flip and 2-pixel translation augmentation; test-time augmentation with
   flips and 1-pixel shifts (inside the model, so every caller gets it).
 
@@ -46,7 +46,8 @@ class PartialIdentity(keras.initializers.Initializer):
 
     def __call__(self, shape, dtype=None):
         kh, kw, cin, cout = shape
-        kernel = keras.initializers.HeUniform()(shape, dtype=dtype)
+        # PyTorch's default conv init (uniform, bound 1/sqrt(fan_in)), as airbench uses.
+        kernel = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")(shape, dtype=dtype)
         eye = np.zeros(shape, dtype="float32")
         for i in range(min(cin, cout)):
             eye[kh // 2, kw // 2, i, i] = 1.0
@@ -101,6 +102,38 @@ class TTAMerge(layers.Layer):
         variants = ops.reshape(logits, (len(TTA_WEIGHTS), -1, logits.shape[-1]))
         weights = ops.reshape(ops.convert_to_tensor(TTA_WEIGHTS, logits.dtype), (-1, 1, 1))
         return ops.sum(variants * weights, axis=0)
+
+
+@keras.saving.register_keras_serializable(package="cifar")
+class LookaheadSGD(keras.optimizers.SGD):
+    """Nesterov SGD with airbench94's lookahead: every `every` steps the weights
+    are averaged into a slow copy, avg <- rho*avg + (1-rho)*w, and then reset
+    to it, w <- avg, with rho = base**every * (step/total_steps)**power: no
+    damping early on, strong smoothing at the end. Built on Keras' EMA hooks
+    (use_ema with an overwrite every `every` steps), with keras.ops only, so
+    it runs on every backend."""
+
+    def __init__(self, total_steps: int, every: int = 5, base: float = 0.95, power: float = 3.0, **kwargs):
+        kwargs.update(use_ema=True, ema_momentum=0.0, ema_overwrite_frequency=every)
+        super().__init__(**kwargs)
+        self.total_steps, self.every, self.base, self.power = total_steps, every, base, power
+
+    def _update_model_variables_moving_average(self, trainable_variables):
+        step = ops.cast(self.iterations + 1, "float32")
+        due = ops.equal(ops.mod(self.iterations + 1, self.every), 0)
+        rho = self.base ** self.every * ops.minimum(step / self.total_steps, 1.0) ** self.power
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is None:
+                continue
+            r = ops.cast(rho, variable.dtype)
+            average.assign(ops.where(due, r * average + (1 - r) * variable, average))
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
+            config.pop(key, None)
+        return {**config, "total_steps": self.total_steps, "every": self.every,
+                "base": self.base, "power": self.power}
 
 
 def _batchnorm_gelu(x):

@@ -44,7 +44,8 @@ class Recipe:
     momentum: float = 0.9              # sgd_nesterov only
     weight_decay: float | None = None  # decoupled, scaled by the current learning rate
     warmup_fraction: float = 0.0       # > 0: linear warm-up then cosine decay to 0
-    ema_momentum: float | None = None  # weights replaced by their EMA every 5 steps
+    ema_momentum: float | None = None  # airbench-style lookahead toward an EMA of the weights
+    val_size: int = 5000               # held out of the training set for validation
     summary: str = ""
 
 
@@ -334,8 +335,8 @@ def build_resnet50_finetune(input_size: int = 224, weights: str | None = "imagen
 
 
 @register(Recipe(optimizer="sgd_nesterov", learning_rate=1.5, batch_size=1024, epochs=10, augment=True,
-                 label_smoothing=0.2, momentum=0.85, weight_decay=1.3e-5, warmup_fraction=0.2,
-                 ema_momentum=0.95,
+                 label_smoothing=0.2, momentum=0.85, weight_decay=8.9e-3, warmup_fraction=0.2,
+                 ema_momentum=0.95, val_size=0,
                  summary="airbench94-style: whitening, identity init, EMA, TTA; 10 epochs"),
           tags=("fast",), prepare=fast_cnn.prepare_fast_cnn)
 def build_fast_cnn(augment: bool = True) -> keras.Model:

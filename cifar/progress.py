@@ -33,8 +33,7 @@ class ProgressFile:
         self.state = {"run_id": run_id, "model": config.model, "epochs": config.epochs,
                       "n_train": n_train, "pid": os.getpid(), "epoch": 0, "batch": 0,
                       "batches": 0, "metrics": {}, "eta_seconds": None}
-        previous = read_progress(path)
-        self.epoch_seconds: list[float] = previous.get("epoch_seconds", [])
+        self.epoch_seconds: list[float] = []  # whole epochs, validation included (train.py fills it)
         self.last_train_seconds: float | None = None
         self._epoch_start = time.perf_counter()
         self._written = 0.0
@@ -49,17 +48,26 @@ class ProgressFile:
         self.state.update(epoch=epoch, batch=0)
 
     def _eta(self, batch: int, batches: int) -> float | None:
+        """This epoch's remaining batches, plus later epochs at the typical
+        whole-epoch time seen so far (validation included; the first epoch,
+        which compiles, only when nothing else is known)."""
         elapsed = time.perf_counter() - self._epoch_start
         if batch == 0 or batches == 0:
             return None
-        per_epoch = elapsed / batch * batches
+        this_epoch = elapsed / batch * batches
+        known = self.epoch_seconds[1:] or self.epoch_seconds
+        per_epoch = sorted(known)[len(known) // 2] if known else this_epoch
         remaining_epochs = self.state["epochs"] - self.state["epoch"] - 1
-        return per_epoch - elapsed + remaining_epochs * per_epoch
+        return max(this_epoch - elapsed, 0.0) + remaining_epochs * per_epoch
 
     def callback(self) -> keras.callbacks.Callback:
         owner = self
 
         class _Progress(keras.callbacks.Callback):
+            # Logs are only read when the file is written (about once a
+            # second), so Keras may keep dispatching batches asynchronously.
+            async_safe = True
+
             def on_epoch_begin(self, epoch, logs=None):
                 owner._epoch_start = time.perf_counter()
 
@@ -74,7 +82,6 @@ class ProgressFile:
                                  / max(owner.last_train_seconds, 1e-9) if batches else None)
 
             def on_epoch_end(self, epoch, logs=None):
-                owner.epoch_seconds.append(time.perf_counter() - owner._epoch_start)
                 owner.update(status="running", epoch=epoch + 1, batch=0,
                              metrics={k: float(v) for k, v in (logs or {}).items()})
 

@@ -1,7 +1,8 @@
 """Training: one resumable run from a frozen config to a published run folder.
 
 Each epoch is one `model.fit` call on a permutation seeded by (seed, epoch),
-so a run resumed after a crash sees exactly the batches it would have seen.
+so a run resumed after a crash sees its batches in the same order (random
+augmentation and dropout draws are not checkpointed, so it is not bit-exact).
 After every epoch the compiled model (weights + optimizer state) is saved to
 the run's work folder as a new checkpoint, then `state.json` is replaced to
 point at it: a SIGKILL at any instant leaves the previous consistent pair.
@@ -10,7 +11,9 @@ Early stopping is decided from the saved history, so it survives resumes too.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import math
 import os
 import shutil
@@ -26,11 +29,10 @@ from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
 from cifar.evaluate import evaluate
 from cifar.models import build_model, count_params, describe, get_spec
-from cifar.progress import ProgressFile
+from cifar.progress import ProgressFile, read_progress
 
 STATE_FILE = "state.json"
 CONFIG_FILE = "config.json"
-BEST_WEIGHTS = "best.weights.h5"
 
 
 # ---------------------------------------------------------------- entry points
@@ -54,7 +56,10 @@ def resume_run(run_id: str, verbose: int = 1) -> str:
     if not (work / CONFIG_FILE).exists():
         raise RunError(f"no interrupted run {run_id} under {work.parent}; "
                        "list runs in progress with: python -m cifar runs --all")
-    config = RunConfig.from_dict(artifacts.read_json(work / CONFIG_FILE))
+    try:
+        config = RunConfig.from_dict(artifacts.read_json(work / CONFIG_FILE))
+    except (OSError, ValueError, TypeError) as exc:
+        raise RunError(f"the config of run {run_id} is damaged ({exc}); start a new run") from exc
     return _train(run_id, config, verbose)
 
 
@@ -63,17 +68,60 @@ def interrupted_runs() -> list[dict]:
     base = artifacts.root() / "work"
     found = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
-        state = _read_state(path)
-        progress = artifacts.read_json(path / "progress.json") if (path / "progress.json").exists() else {}
+        if artifacts.run_dir(path.name).exists():
+            continue  # published; only the clean-up was interrupted
+        try:
+            state = _read_state(path)
+        except RunError:
+            state = {}
+        progress = read_progress(path / "progress.json")
+        status = progress.get("status", "unknown")
+        if status == "running" and not _alive(progress.get("pid")):
+            status = "interrupted"
         found.append({"run_id": path.name, "completed_epochs": state.get("completed_epochs", 0),
-                      "status": progress.get("status", "unknown"), "updated_at": progress.get("updated_at")})
+                      "status": status, "updated_at": progress.get("updated_at")})
     return found
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 # ---------------------------------------------------------------- the run
 
 def _train(run_id: str, config: RunConfig, verbose: int) -> str:
     work = artifacts.work_dir(run_id)
+    with _exclusive(work, run_id):
+        try:
+            return _train_locked(run_id, config, verbose, work)
+        except BaseException as exc:
+            progress = read_progress(artifacts.progress_path(run_id))
+            if progress and progress.get("status") not in ("failed", "completed"):
+                artifacts.write_json_atomic(artifacts.progress_path(run_id), {
+                    **progress, "status": "failed", "error": str(exc)[:300] or exc.__class__.__name__,
+                    "updated_at": time.time()})
+            raise
+
+
+@contextlib.contextmanager
+def _exclusive(work, run_id: str):
+    """One process per run: a second `resume` of a live run is refused."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"run {run_id} is being trained by another process right now") from None
+        yield
+
+
+def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     started = time.time()
@@ -94,48 +142,56 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
     # Wall time of earlier attempts of this run (0 unless resumed); read once.
     earlier_seconds = state.get("elapsed_seconds", 0.0)
     progress = ProgressFile(artifacts.progress_path(run_id), run_id, config, len(x_train))
+    progress.epoch_seconds = [row["seconds"] for row in history]
     progress.update(status="running", epoch=len(history))
 
     train_seconds = state.get("train_seconds", 0.0)
     y_train_hot = _one_hot(y_train)
     for epoch in range(len(history), config.epochs):
+        if _early_stop(history, config):  # also after a resume of a run that had stopped
+            break
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         progress.epoch_started(epoch)
         start = time.perf_counter()
         fit = model.fit(x_train[order], y_train_hot[order], batch_size=config.batch_size,
                         epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
-                        validation_data=validation, verbose=verbose,
-                        callbacks=[progress.callback(), keras.callbacks.TerminateOnNaN()])
+                        validation_data=validation, verbose=verbose, callbacks=[progress.callback()])
         seconds = time.perf_counter() - start
+        progress.epoch_seconds.append(seconds)
         logs = {k: float(v[-1]) for k, v in fit.history.items()}
         if not math.isfinite(logs.get("loss", float("nan"))):
             progress.update(status="failed", error="loss became NaN")
             raise TrainingError(f"run {run_id}: the loss became NaN in epoch {epoch + 1}. "
                                 "Lower the learning rate (--lr) or use --precision float32")
-        train_seconds += progress.last_train_seconds or seconds
+        train_time = progress.last_train_seconds or seconds
+        train_seconds += train_time
         history.append({"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
                         "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-                        "seconds": seconds, "train_images_per_s": len(x_train) / max(progress.last_train_seconds or seconds, 1e-9),
+                        "seconds": seconds, "train_images_per_s": len(x_train) / max(train_time, 1e-9),
                         "elapsed_seconds": time.time() - started + earlier_seconds})
-        best_epoch = _best_epoch(history)
-        if best_epoch == epoch + 1 and config.early_stopping_patience:
-            _save_weights_atomic(model, work / BEST_WEIGHTS)
-        _checkpoint(model, work, epoch + 1, history, data.fingerprint, train_seconds, source)
-        if config.early_stopping_patience and epoch + 1 - best_epoch >= config.early_stopping_patience:
-            break
+        best = None
+        if config.early_stopping_patience and _best_epoch(history) == epoch + 1:
+            best = f"best-{epoch + 1:04d}.weights.h5"
+            model.save_weights(work / best)
+        _checkpoint(model, work, epoch + 1, history, data.fingerprint, train_seconds, source, best)
 
     progress.update(status="evaluating", epoch=len(history))
-    best_epoch = _best_epoch(history)
-    if config.early_stopping_patience and (work / BEST_WEIGHTS).exists():
-        model.load_weights(work / BEST_WEIGHTS)
+    best_weights = _read_state(work).get("best_weights")
+    if config.early_stopping_patience and best_weights:
+        model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
     result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
-    metadata = _metadata(run_id, config, data, final_model, history, best_epoch, source,
+    metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
                          train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds)
     _publish(run_id, final_model, history, result, metadata)
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
     return run_id
+
+
+def _early_stop(history: list[dict], config: RunConfig) -> bool:
+    patience = config.early_stopping_patience
+    return bool(patience and history and len(history) - _best_epoch(history) >= patience)
 
 
 def _one_hot(labels: np.ndarray) -> np.ndarray:
@@ -163,7 +219,7 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
         if spec.prepare:
             spec.prepare(model, x_train)
     if not spec.is_transfer:
-        source = {"weights": None}
+        source["weights"] = None
     compile_for_training(model, config, steps_per_epoch=math.ceil(len(x_train) / config.batch_size))
     return model, source
 
@@ -177,7 +233,8 @@ def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch:
 
 def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:
     info = artifacts.get_run(run_id)
-    donor = keras.saving.load_model(artifacts.model_path(run_id), safe_mode=True, compile=False)
+    from cifar.predict import load_model_from_path  # wraps a broken file in RunError
+    donor = load_model_from_path(artifacts.model_path(run_id))
     try:
         model.set_weights(donor.get_weights())
     except ValueError as exc:
@@ -197,7 +254,10 @@ def _optimizer(config: RunConfig, steps_per_epoch: int | None):
             warmup_target=config.learning_rate, warmup_steps=warmup)
     options = {"weight_decay": recipe.weight_decay}
     if recipe.ema_momentum is not None:
-        options.update(use_ema=True, ema_momentum=recipe.ema_momentum, ema_overwrite_frequency=5)
+        from cifar.fast_cnn import LookaheadSGD
+        total = (steps_per_epoch or 1) * config.epochs
+        return LookaheadSGD(total_steps=total, base=recipe.ema_momentum, learning_rate=learning_rate,
+                            momentum=recipe.momentum, nesterov=True, **options)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate, **options)
     if config.optimizer == "rmsprop":
@@ -216,25 +276,30 @@ def _best_epoch(history: list[dict]) -> int:
 
 def _read_state(work) -> dict:
     path = work / STATE_FILE
-    return artifacts.read_json(path) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return artifacts.read_json(path)
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} is damaged ({exc.__class__.__name__}); start a new run") from exc
 
 
-def _save_weights_atomic(model, path) -> None:
-    tmp = path.with_name("tmp-" + path.name)
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, source, best) -> None:
+    """Save the model, then switch state.json to it in one atomic replace.
 
-
-def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, source) -> None:
+    Files are only deleted after the switch, so a SIGKILL anywhere leaves a
+    consistent (checkpoint, best weights, history) triple."""
     name = f"checkpoint-{epochs_done:04d}.keras"
     model.save(work / name)
-    old = _read_state(work).get("checkpoint")
+    best = best or _read_state(work).get("best_weights")
     artifacts.write_json_atomic(work / STATE_FILE, {
-        "completed_epochs": epochs_done, "checkpoint": name, "history": history,
+        "completed_epochs": epochs_done, "checkpoint": name, "best_weights": best, "history": history,
         "data_fingerprint": fingerprint, "train_seconds": train_seconds, "source": source,
         "elapsed_seconds": history[-1]["elapsed_seconds"]})
-    if old and old != name:
-        (work / old).unlink(missing_ok=True)
+    keep = {name, best}
+    for path in list(work.glob("checkpoint-*.keras")) + list(work.glob("best-*.weights.h5")):
+        if path.name not in keep:
+            path.unlink(missing_ok=True)
 
 
 def _inference_copy(model: keras.Model, config: RunConfig) -> keras.Model:
@@ -261,7 +326,8 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "is_transfer": spec.is_transfer,
         "pretrained_weights": weights,
-        "imagenet_weights": weights == "imagenet" if spec.is_transfer else None,
+        # A local no-top file is the offline route to the same ImageNet weights.
+        "imagenet_weights": weights not in (None, "none") if spec.is_transfer else None,
         "init_from_run": source.get("init_from_run"),
         "params": count_params(model), **describe(model),
         "augmentation": config.augment, "optimizer": config.optimizer,

@@ -153,3 +153,21 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
     # The optimizer state survived the kill: its step counter kept counting
     # (40 training images / batch 2 = 20 steps per epoch), not restarting at 0.
     assert list(history.optimizer_steps) == [20, 40, 60, 80]
+
+
+def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
+    from cifar.train import _exclusive, interrupted_runs, resume_run, CONFIG_FILE, STATE_FILE
+    run_id = artifacts.new_run_id("cnn_baseline")
+    work = artifacts.work_dir(run_id)
+    with _exclusive(work, run_id):
+        with pytest.raises(RunError, match="another process"):
+            with _exclusive(work, run_id):
+                pass
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=1, **TINY)
+    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
+    (work / STATE_FILE).write_text("{half a json")
+    artifacts.write_json_atomic(work / "progress.json", {"status": "running", "pid": 2**22 + 12345})
+    assert [(r["run_id"], r["status"]) for r in interrupted_runs()] == [(run_id, "interrupted")]
+    with pytest.raises(RunError, match="damaged"):
+        resume_run(run_id, verbose=0)
+    assert json.loads((work / "progress.json").read_text())["status"] == "failed"

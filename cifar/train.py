@@ -125,6 +125,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     keras.config.set_dtype_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
     started = time.time()
+    environment = describe_environment()  # now: the code that trains, not the code at the end
 
     data = load_cifar10(config.data)
     x_train, y_train = limit_per_class(data.x_train, data.y_train, config.limit_per_class, config.seed)
@@ -182,7 +183,8 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     final_model = _inference_copy(model, config)
     result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
     metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
-                         train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds)
+                         train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds,
+                         environment)
     _publish(run_id, final_model, history, result, metadata)
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
@@ -315,7 +317,7 @@ def _inference_copy(model: keras.Model, config: RunConfig) -> keras.Model:
 
 
 def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
-              train_seconds, n_train, n_val, wall_seconds) -> dict:
+              train_seconds, n_train, n_val, wall_seconds, environment) -> dict:
     spec = get_spec(config.model)
     weights = source.get("weights")
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
@@ -338,7 +340,7 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
         "train_images_per_s": float(np.median(speeds)),
         "data": {"source": config.data, "fingerprint": data.fingerprint, "description": data.description,
                  "n_train": n_train, "n_val": n_val, "n_test": len(data.y_test)},
-        "environment": describe_environment(),
+        "environment": environment,
     }
 
 

@@ -24,8 +24,6 @@ from keras import layers
 from cifar import IMAGE_SHAPE, NUM_CLASSES, fast_cnn
 from cifar.errors import ModelError
 
-WEIGHT_CHOICES = ("imagenet", "none")  # or a path to a local .h5 file
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -81,9 +79,6 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(f"unknown model '{name}'. Known models: {known}")
     return REGISTRY[name]
 
-
-def model_names() -> list[str]:
-    return list(REGISTRY)
 
 
 def build_model(name: str, *, input_size: int | None = None, weights: str | None = None,

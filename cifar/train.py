@@ -361,7 +361,3 @@ def _publish(run_id, model, history, result, metadata) -> None:
         staging.discard()
         raise
 
-
-def train(model: str, run_id: str | None = None, verbose: int = 1, **overrides) -> str:
-    """Convenience: resolve a config from a model name and overrides, then train."""
-    return start_run(resolve_config(model, **overrides), run_id=run_id, verbose=verbose)

@@ -67,12 +67,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-run", dest="init_from_run",
                         help="fine-tuning: start from this run's weights (default: newest matching run)")
     parser.add_argument("--note", help="free text stored with the run")
+    parser.add_argument("--track-test", action="store_true", default=None,
+                        help="also measure test accuracy after every epoch, for time-to-accuracy "
+                             "curves (reporting only: never used to pick or stop anything)")
 
 
 def training_overrides(args: argparse.Namespace) -> dict:
     keys = ("data", "epochs", "batch_size", "learning_rate", "augment", "early_stopping_patience",
             "limit_per_class", "val_size", "seed", "precision", "input_size", "weights",
-            "init_from_run", "note")
+            "init_from_run", "note", "track_test")
     return {k: getattr(args, k) for k in keys}
 
 

@@ -34,6 +34,9 @@ class RunConfig:
     seed: int = 0
     precision: str = "float32"
     note: str = ""               # free text shown beside the run
+    # Reporting only: test accuracy after every epoch, for time-to-accuracy
+    # curves. Nothing (early stopping, best epoch) ever reads it.
+    track_test: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -24,6 +24,8 @@ docs/BENCHMARKS.md, not assumed.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -78,12 +80,37 @@ class ScaledBias(layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
+class _TTALayer(layers.Layer):
+    """`active` is read when predict is traced: flip it only through `single_view`."""
+
+    active = True
+
+
+@contextlib.contextmanager
+def single_view(model: keras.Model):
+    """Predict without test-time augmentation inside this block (cheaper: used
+    for the per-epoch test accuracy of `--track-test`)."""
+    tta = [layer for layer in model.layers if isinstance(layer, _TTALayer)]
+    if not tta:
+        yield model
+        return
+    for layer in tta:
+        layer.active = False
+    model.predict_function = None  # retrace without the variants
+    try:
+        yield model
+    finally:
+        for layer in tta:
+            layer.active = True
+        model.predict_function = None
+
+
 @keras.saving.register_keras_serializable(package="cifar")
-class TTAExpand(layers.Layer):
+class TTAExpand(_TTALayer):
     """At inference, stack the test-time variants of a batch along the batch axis."""
 
     def call(self, images, training=None):
-        if training:
+        if training or not self.active:
             return images
         flipped = ops.flip(images, axis=2)
         padded = ops.pad(ops.concatenate([images, flipped], axis=0),
@@ -93,11 +120,11 @@ class TTAExpand(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="cifar")
-class TTAMerge(layers.Layer):
+class TTAMerge(_TTALayer):
     """At inference, the weighted mean of the variants' logits (undoes TTAExpand)."""
 
     def call(self, logits, training=None):
-        if training:
+        if training or not self.active:
             return logits
         variants = ops.reshape(logits, (len(TTA_WEIGHTS), -1, logits.shape[-1]))
         weights = ops.reshape(ops.convert_to_tensor(TTA_WEIGHTS, logits.dtype), (-1, 1, 1))

@@ -28,6 +28,7 @@ from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
 from cifar.evaluate import evaluate
+from cifar.fast_cnn import single_view
 from cifar.models import build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
 
@@ -166,10 +167,13 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
                                 "Lower the learning rate (--lr) or use --precision float32")
         train_time = progress.last_train_seconds or seconds
         train_seconds += train_time
-        history.append({"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
-                        "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-                        "seconds": seconds, "train_images_per_s": len(x_train) / max(train_time, 1e-9),
-                        "elapsed_seconds": time.time() - started + earlier_seconds})
+        row = {"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
+               "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
+               "seconds": seconds, "train_images_per_s": len(x_train) / max(train_time, 1e-9),
+               "train_seconds_total": train_seconds}
+        if config.track_test:
+            row.update(_test_accuracy(model, data, config.batch_size))
+        history.append({**row, "elapsed_seconds": time.time() - started + earlier_seconds})
         best = None
         if config.early_stopping_patience and _best_epoch(history) == epoch + 1:
             best = f"best-{epoch + 1:04d}.weights.h5"
@@ -189,6 +193,18 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
     return run_id
+
+
+def _test_accuracy(model: keras.Model, data: Dataset, batch_size: int) -> dict:
+    """Test accuracy of the weights as they are now (`--track-test`), from a
+    single view of each image: without fast_cnn's test-time augmentation,
+    which would cost six forward passes. Its time counts in elapsed_seconds
+    but not in train_seconds_total (airbench times training the same way)."""
+    start = time.perf_counter()
+    with single_view(model):
+        probabilities = model.predict(data.x_test, batch_size=batch_size, verbose=0)
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == data.y_test))
+    return {"test_accuracy": accuracy, "test_seconds": time.perf_counter() - start}
 
 
 def _early_stop(history: list[dict], config: RunConfig) -> bool:

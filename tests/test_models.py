@@ -104,3 +104,25 @@ def test_fast_cnn_whitening_and_test_time_augmentation():
     probabilities = model.predict(images[:4], verbose=0)
     mirrored = model.predict(images[:4, :, ::-1], verbose=0)
     np.testing.assert_allclose(probabilities, mirrored, atol=0.05)
+
+
+def test_fast_cnn_single_view_switches_test_time_augmentation_off_and_back():
+    from cifar.fast_cnn import TTA_WEIGHTS, single_view
+    model = build_model("fast_cnn", seed=0)
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    get_spec("fast_cnn").prepare(model, images)
+    with_tta = model.predict(images, verbose=0)
+    with single_view(model):
+        plain = model.predict(images, verbose=0)
+        mirrored = model.predict(images[:, :, ::-1], verbose=0)
+    # TTA's prediction is the weighted mean of the variants' logits; the plain
+    # and mirrored views are two of them, so these differ from it...
+    assert not np.allclose(plain, with_tta, atol=1e-4)
+    assert not np.allclose(plain, mirrored, atol=1e-4)
+    # ...and afterwards the model predicts with all six variants again.
+    np.testing.assert_allclose(model.predict(images, verbose=0), with_tta, rtol=1e-5, atol=1e-6)
+    assert len(TTA_WEIGHTS) == 6
+    # Models without test-time augmentation pass through unchanged.
+    baseline = build_model("cnn_baseline", seed=0)
+    with single_view(baseline) as same:
+        assert same is baseline

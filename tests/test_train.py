@@ -171,3 +171,20 @@ def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
     with pytest.raises(RunError, match="damaged"):
         resume_run(run_id, verbose=0)
     assert json.loads((work / "progress.json").read_text())["status"] == "failed"
+
+
+def test_track_test_records_test_accuracy_each_epoch_without_touching_training(tiny_data):
+    from cifar.train import start_run
+    # No early stopping, so the final evaluation uses the last epoch's weights.
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, track_test=True,
+                            early_stopping_patience=0, **TINY)
+    run = artifacts.load_run(start_run(config, verbose=0))
+    history, metrics = run["history"], run["metrics"].iloc[0]
+    assert {"test_accuracy", "test_seconds", "train_seconds_total"} <= set(history)
+    assert history.test_accuracy.between(0, 1).all() and (history.test_seconds > 0).all()
+    # The last epoch's tracked accuracy is the final evaluation's (no TTA here).
+    assert history.test_accuracy.iloc[-1] == pytest.approx(metrics.test_accuracy)
+    # Training time excludes the tracking: the total is the sum of the epochs' training.
+    assert history.train_seconds_total.is_monotonic_increasing
+    assert history.train_seconds_total.iloc[-1] <= history.elapsed_seconds.iloc[-1] - history.test_seconds.sum()
+    assert run["metadata"]["config"]["track_test"] is True

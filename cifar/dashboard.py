@@ -176,9 +176,12 @@ def pareto_frontier(table: pd.DataFrame, cost: str, value: str = ACCURACY) -> pd
 
 # ---------------------------------------------------------------- learning curves
 
-CURVE_METRICS = {"Loss": ("loss", "val_loss"), "Accuracy": ("accuracy", "val_accuracy"),
-                 "Learning rate": ("learning_rate", None)}
-CURVE_X = {"Epoch": "epoch", "Wall time (minutes)": "minutes"}
+# metric -> (training, validation, test) history columns; test accuracy exists
+# only for runs trained with --track-test.
+CURVE_METRICS = {"Loss": ("loss", "val_loss", None), "Accuracy": ("accuracy", "val_accuracy", "test_accuracy"),
+                 "Learning rate": ("learning_rate", None, None)}
+CURVE_SPLITS = ("Training", "Validation", "Test")
+CURVE_X = {"Epoch": "epoch", "Wall time (minutes)": "minutes", "Training time (minutes)": "train_minutes"}
 
 
 def smooth(values: pd.Series, weight: float) -> pd.Series:
@@ -194,6 +197,12 @@ def smooth(values: pd.Series, weight: float) -> pd.Series:
 def _x_values(history: pd.DataFrame, x_axis: str) -> pd.Series:
     if CURVE_X[x_axis] == "minutes":
         return history["elapsed_seconds"] / 60
+    if CURVE_X[x_axis] == "train_minutes":
+        # Time in training batches only: no evaluation, saving or start-up
+        # (older runs lack the running total; their epochs' seconds add up to it).
+        if "train_seconds_total" in history:
+            return history["train_seconds_total"] / 60
+        return history["seconds"].cumsum() / 60
     return history["epoch"]
 
 
@@ -202,7 +211,7 @@ def curves_long(histories: dict[str, pd.DataFrame], metric: str, x_axis: str = "
     """One row per (run, split, epoch): run, split, x, value (smoothed), raw."""
     frames = []
     for label, history in histories.items():
-        for split, column in zip(("Training", "Validation"), CURVE_METRICS[metric]):
+        for split, column in zip(CURVE_SPLITS, CURVE_METRICS[metric]):
             if column is None or column not in history:
                 continue
             split_name = "Learning rate" if metric == "Learning rate" else split

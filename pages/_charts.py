@@ -73,20 +73,23 @@ def _short_number(value: float) -> str:
     return f"{value:g}"
 
 
+_DASHES = {"Training": "dot", "Test": "dash"}
+
+
 def curves(long: pd.DataFrame, best: pd.DataFrame, colours: dict[str, str], y_title: str, x_title: str,
            shade_gap: bool) -> go.Figure:
-    """Validation solid, training dotted, same colour per run; the band
-    between them is the generalisation gap; a star marks the best epoch."""
+    """Validation solid, training dotted, tracked test accuracy dashed, same
+    colour per run; the band between training and validation is the
+    generalisation gap; a star marks the best epoch."""
     fig = go.Figure()
     for run, group in long.groupby("run", sort=False):
         colour = colours.get(run, "#333")
         train = group[group.split == "Training"]
         for split, frame in group.groupby("split", sort=False):
-            is_train = split == "Training"
             fill = "tonexty" if shade_gap and split == "Validation" and not train.empty else None
             fig.add_trace(go.Scatter(
                 x=frame.x, y=frame.value, mode="lines", name=f"{run} — {split.lower()}",
-                legendgroup=run, line=dict(color=colour, width=2, dash="dot" if is_train else "solid"),
+                legendgroup=run, line=dict(color=colour, width=2, dash=_DASHES.get(split, "solid")),
                 fill=fill, fillcolor=_rgba(colour, 0.12),
                 hovertemplate=f"{run}<br>{split}: %{{y:.4g}}<extra></extra>"))
     if not best.empty:

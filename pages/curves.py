@@ -1,5 +1,6 @@
 """Learning curves: training and validation loss, accuracy and learning rate
-of the selected runs, overlaid by epoch or by wall time."""
+of the selected runs, overlaid by epoch, wall time or training time; test
+accuracy per epoch too for runs trained with --track-test."""
 
 import streamlit as st
 
@@ -16,7 +17,9 @@ metric_col, x_col, smooth_col, gap_col = st.columns([2, 2, 2, 1], vertical_align
 metric = metric_col.segmented_control("Show", list(d.CURVE_METRICS), default="Accuracy", required=True,
                                       key="metric", bind="query-params")
 x_axis = x_col.segmented_control("Against", list(d.CURVE_X), default="Epoch", required=True, key="x",
-                                 bind="query-params")
+                                 bind="query-params",
+                                 help="Wall time counts everything; training time only the training batches "
+                                      "(no evaluation or saving): the time-to-accuracy view")
 smoothing = smooth_col.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="smooth", bind="query-params",
                               help="Exponential moving average, as in TensorBoard: 0 shows the raw values")
 shade = gap_col.toggle("Shade gap", value=True, help="Shade between each run's training and validation curves")
@@ -31,7 +34,9 @@ st.plotly_chart(_charts.curves(long, best, colours, metric, x_axis, shade and me
                 width="stretch")
 st.caption("Solid: validation. Dotted: training. The shaded band between them is the generalisation gap; "
            "a wide band means the model learns its training images better than new ones (overfitting). "
-           "★ marks the epoch whose weights were kept.")
+           "★ marks the epoch whose weights were kept. Dashed: test accuracy after every epoch, for runs "
+           "trained with `--track-test` (one view per image, so below the final figure of a model with "
+           "test-time augmentation; reporting only, it never picks an epoch).")
 
 st.subheader("Gap between training and validation")
 gap = d.generalization_gap(histories, best_epochs)

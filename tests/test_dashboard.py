@@ -146,6 +146,19 @@ def test_gap_table_and_best_epoch_marks():
     assert marks.iloc[0][["x", "value"]].tolist() == [2.0, 0.6]
 
 
+def test_tracked_test_accuracy_is_a_third_curve_and_training_time_an_axis():
+    tracked = pd.DataFrame({"epoch": [1, 2], "accuracy": [0.5, 0.8], "test_accuracy": [0.6, 0.9],
+                            "seconds": [70, 70], "train_seconds_total": [60, 120], "elapsed_seconds": [80, 160]})
+    older = pd.DataFrame({"epoch": [1, 2], "accuracy": [0.4, 0.6], "val_accuracy": [0.45, 0.55],
+                          "seconds": [30, 90], "elapsed_seconds": [40, 130]})
+    long = d.curves_long({"fast": tracked, "old": older}, "Accuracy", "Training time (minutes)")
+    test = long[long.split == "Test"]
+    assert test.run.tolist() == ["fast", "fast"] and test.raw.tolist() == [0.6, 0.9]
+    assert test.x.tolist() == [1.0, 2.0]  # train_seconds_total, not wall time
+    assert long[(long.run == "old") & (long.split == "Validation")].x.tolist() == [0.5, 2.0]  # summed epochs
+    assert set(d.curves_long({"fast": tracked}, "Loss").split) == set()  # no loss columns here
+
+
 def test_default_selection_is_the_newest_run_of_each_model():
     runs = [("20260101T000000Z-a-0001", {"model": "a"}), ("20260102T000000Z-b-0002", {"model": "b"}),
             ("20260103T000000Z-a-0003", {"model": "a"})]

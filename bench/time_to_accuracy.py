@@ -1,0 +1,132 @@
+"""Time to accuracy: accuracy against training time, for runs of different models.
+
+    python -m bench.time_to_accuracy [RUN_ID ...] [--thresholds 0.90 0.92 0.93 0.94]
+                                     [--out docs/time_to_accuracy]
+
+Without run ids it takes the newest run of fast_cnn, cnn_regularized and
+cnn_baseline under the artifacts root (`$CIFAR_ARTIFACTS`, default artifacts/).
+For each run, one point per epoch:
+- x: minutes spent in training batches so far (history `train_seconds_total`,
+  or the sum of the epochs' `seconds` for runs from before it existed):
+  no evaluation, saving or start-up, as airbench counts its time;
+- y: the test accuracy measured after that epoch when the run was trained
+  with `--track-test` (one view per image), otherwise the validation accuracy
+  (held-out training images, never seen in training);
+plus the run's final test accuracy (the shipped model, with fast_cnn's
+test-time augmentation) at the end of its training.
+
+Writes OUT.csv (every plotted point) and OUT.png (the chart, drawn by
+headless Chromium through Playwright: test-only packages, see
+requirements-test.txt), and prints a markdown table of the training minutes
+each run took to first reach each threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cifar import artifacts  # noqa: E402
+
+DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
+CHROMIUM = "/usr/bin/chromium"
+
+
+def run_points(run_id: str) -> pd.DataFrame:
+    """Every (training minutes, accuracy) point of one run, per epoch and final."""
+    run = artifacts.load_run(run_id)
+    history, meta = run["history"], run["metadata"]
+    seconds = history["train_seconds_total"] if "train_seconds_total" in history else history["seconds"].cumsum()
+    if "test_accuracy" in history:
+        measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
+    else:
+        measure, accuracy = "validation, after each epoch", history["val_accuracy"]
+    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "epoch": history["epoch"],
+                           "train_minutes": seconds / 60, "accuracy": accuracy, "measure": measure})
+    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "epoch": int(history["epoch"].iloc[-1]),
+                           "train_minutes": float(seconds.iloc[-1]) / 60,
+                           "accuracy": float(run["metrics"]["test_accuracy"].iloc[0]),
+                           "measure": "test, final model"}])
+    return pd.concat([points, final], ignore_index=True)
+
+
+def time_to(points: pd.DataFrame, threshold: float) -> float | None:
+    reached = points[points.accuracy >= threshold]
+    return float(reached.train_minutes.min()) if len(reached) else None
+
+
+def figure(points: pd.DataFrame, thresholds: list[float]) -> go.Figure:
+    fig = go.Figure()
+    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+    for (run_id, run), colour in zip(points.groupby("run_id", sort=False), palette * 10):
+        label = f"{run.model.iloc[0]} ({run.epoch.max()} epochs)"
+        curve = run[run.measure != "test, final model"]
+        final = run[run.measure == "test, final model"]
+        fig.add_trace(go.Scatter(x=curve.train_minutes, y=curve.accuracy, mode="lines+markers",
+                                 line=dict(color=colour), name=f"{label}: {curve.measure.iloc[0]}",
+                                 legendgroup=run_id))
+        fig.add_trace(go.Scatter(x=final.train_minutes, y=final.accuracy, mode="markers",
+                                 marker=dict(symbol="star", size=16, color=colour, line=dict(width=1, color="black")),
+                                 name=f"{label}: final test {final.accuracy.iloc[0]:.2%}", legendgroup=run_id))
+    for i, threshold in enumerate(thresholds):  # labels alternate sides: the lines are close
+        fig.add_hline(y=threshold, line=dict(color="#999", width=1, dash="dot"),
+                      annotation_text=f"{threshold:.0%}", annotation_font_size=10,
+                      annotation_position="right" if i % 2 else "left")
+    fig.update_layout(title="CIFAR-10 accuracy against training time (2-core CPU, float32, JPEG copy)",
+                      xaxis_title="training time (minutes, training batches only)", xaxis_rangemode="tozero",
+                      yaxis_title="accuracy", yaxis_tickformat=".0%", width=1100, height=600,
+                      template="plotly_white", legend=dict(x=0.99, y=0.02, xanchor="right", yanchor="bottom"))
+    return fig
+
+
+def save_png(fig: go.Figure, path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+    with tempfile.TemporaryDirectory() as tmp:
+        html = Path(tmp) / "chart.html"
+        fig.write_html(html, include_plotlyjs=True, full_html=True)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1120, "height": 620})
+            page.goto(html.as_uri())
+            page.wait_for_selector(".main-svg")
+            page.locator(".plotly-graph-div").screenshot(path=path)
+            browser.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", help="run ids (default: the newest run of each of "
+                                                + ", ".join(DEFAULT_MODELS) + ")")
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.90, 0.92, 0.93, 0.94])
+    parser.add_argument("--out", type=Path, default=Path("docs/time_to_accuracy"))
+    args = parser.parse_args()
+
+    newest = {run.model: run.run_id for run in artifacts.list_runs()}  # listed oldest first
+    run_ids = args.runs or [newest[model] for model in DEFAULT_MODELS if model in newest]
+    if not run_ids:
+        sys.exit(f"no runs of {', '.join(DEFAULT_MODELS)} under {artifacts.runs_dir()}")
+    points = pd.concat([run_points(run_id) for run_id in run_ids], ignore_index=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    points.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
+    save_png(figure(points, args.thresholds), args.out.with_suffix(".png"))
+
+    print("| run | model | epochs | " + " | ".join(f"to {t:.0%}" for t in args.thresholds)
+          + " | final test acc | training minutes |")
+    print("|---" * (len(args.thresholds) + 5) + "|")
+    for run_id, run in points.groupby("run_id", sort=False):
+        cells = [f"{m:.1f} min" if (m := time_to(run, t)) is not None else "not reached" for t in args.thresholds]
+        final = run[run.measure == "test, final model"].iloc[0]
+        print(f"| `{run_id}` | {final.model} | {final.epoch} | " + " | ".join(cells)
+              + f" | {final.accuracy:.4f} | {final.train_minutes:.1f} |")
+    print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,7 @@
 """Every registry model builds, predicts and trains a step; study parameter counts hold."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,23 @@ def test_fast_cnn_single_view_switches_test_time_augmentation_off_and_back():
     baseline = build_model("cnn_baseline", seed=0)
     with single_view(baseline) as same:
         assert same is baseline
+
+
+def test_a_saved_fast_cnn_loads_in_a_fresh_process(tmp_path):
+    """Its custom layers must be registered by the loader itself: a process
+    that only predicts (the CLI, the dashboard) never imports the registry."""
+    import subprocess
+    import sys
+    model = build_model("fast_cnn", seed=0)
+    images = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    get_spec("fast_cnn").prepare(model, images)
+    model.save(tmp_path / "model.keras")
+    np.save(tmp_path / "expected.npy", model.predict(images, verbose=0))
+    np.save(tmp_path / "images.npy", images)
+    code = ("import sys, numpy as np; from cifar.predict import load_model_from_path; "
+            f"d = {str(tmp_path)!r}; m = load_model_from_path(d + '/model.keras'); "
+            "np.testing.assert_allclose(m.predict(np.load(d + '/images.npy'), verbose=0), "
+            "np.load(d + '/expected.npy'), rtol=1e-4, atol=1e-5); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

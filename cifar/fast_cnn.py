@@ -155,6 +155,14 @@ class LookaheadSGD(keras.optimizers.SGD):
             r = ops.cast(rho, variable.dtype)
             average.assign(ops.where(due, r * average + (1 - r) * variable, average))
 
+    def finalize_variable_values(self, var_list):
+        """Keras calls this at the end of every `fit`, and training calls `fit`
+        once per epoch: moving the weights to the slow copy there would roll
+        back the steps since the last average (up to every-1 per epoch). Only
+        the end of training does it, as airbench does once after its last step."""
+        if int(ops.convert_to_numpy(self.iterations)) >= self.total_steps:
+            super().finalize_variable_values(var_list)
+
     def get_config(self):
         config = super().get_config()
         for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):

@@ -148,3 +148,28 @@ def test_a_saved_fast_cnn_loads_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_lookahead_moves_weights_to_the_slow_copy_every_5_steps_and_at_the_very_end_only():
+    import keras
+    from cifar.fast_cnn import LookaheadSGD
+
+    def weights(model):
+        return [np.array(w) for w in model.trainable_weights]
+
+    def slow_copy(model):
+        return [np.array(a) for a in model.optimizer._model_variables_moving_average]
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=LookaheadSGD(total_steps=12, learning_rate=0.1, momentum=0.5), loss="mse")
+    x, y = np.random.default_rng(0).normal(size=(12, 4)), np.random.default_rng(1).normal(size=(12, 2))
+    model.fit(x[:5], y[:5], batch_size=1, shuffle=False, verbose=0)  # steps 1-5: step 5 syncs
+    for w, a in zip(weights(model), slow_copy(model)):
+        np.testing.assert_allclose(w, a)
+    model.fit(x[5:7], y[5:7], batch_size=1, shuffle=False, verbose=0)  # steps 6-7: an epoch ends mid-period
+    assert any(not np.allclose(w, a) for w, a in zip(weights(model), slow_copy(model))), \
+        "the end of an epoch must not roll steps 6-7 back"
+    model.fit(x[7:], y[7:], batch_size=1, shuffle=False, verbose=0)  # steps 8-12: the end of training
+    for w, a in zip(weights(model), slow_copy(model)):
+        np.testing.assert_allclose(w, a)

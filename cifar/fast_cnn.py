@@ -14,12 +14,17 @@ under 10 epochs) and its paper, in our own code:
 - flip and 2-pixel translation augmentation; test-time augmentation with
   flips and 1-pixel shifts (inside the model, so every caller gets it).
 
-Deviations, because Keras has no per-parameter learning rates or epoch-aware
-augmentation layers: BN biases get a x64 learning rate through a x8
-reparameterisation (`ScaledBias`), flips are random rather than alternating,
-the warm-up/decay is Keras' CosineDecay with linear warm-up, and the
-whitening bias stays frozen. The accuracy this reaches here is measured in
-docs/BENCHMARKS.md, not assumed.
+Keras has no per-parameter learning rates or epoch-aware augmentation
+layers, so BN biases get their x64 learning rate through a x8
+reparameterisation (`ScaledBias`). Deviations from airbench94, all listed with
+their size in docs/BENCHMARKS.md: random rather than alternating flips,
+Keras' RandomTranslation (rounded continuous shifts, edge-repeating reflect
+padding), cosine rather than linear decay (Keras' CosineDecay with linear
+warm-up over 20% of the steps), a frozen whitening bias, Keras' default
+(glorot) init for the last layer, BatchNorm statistics outside the
+lookahead average, no copy-back of the slow weights after each epoch, and 10
+full epochs (490 steps, against airbench's 476). The accuracy this reaches
+here is measured in docs/BENCHMARKS.md, not assumed.
 """
 
 from __future__ import annotations
@@ -157,9 +162,9 @@ class LookaheadSGD(keras.optimizers.SGD):
 
     def finalize_variable_values(self, var_list):
         """Keras calls this at the end of every `fit`, and training calls `fit`
-        once per epoch: moving the weights to the slow copy there would roll
-        back the steps since the last average (up to every-1 per epoch). Only
-        the end of training does it, as airbench does once after its last step."""
+        once per epoch. airbench94 also copies the slow weights back after
+        every epoch, discarding the steps since the last average (up to 4);
+        we keep those steps and copy back once, after the last step."""
         if int(ops.convert_to_numpy(self.iterations)) >= self.total_steps:
             super().finalize_variable_values(var_list)
 

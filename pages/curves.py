@@ -13,7 +13,7 @@ names = _common.labels()
 histories = _common.tables(run_ids, "history")
 best_epochs = {names[r]: _common.metadata(r).get("best_epoch") for r in run_ids}
 
-metric_col, x_col, smooth_col, gap_col = st.columns([2, 2, 2, 1], vertical_alignment="bottom")
+metric_col, x_col, smooth_col, gap_col = st.columns([2, 3, 2, 1], vertical_alignment="bottom")
 metric = metric_col.segmented_control("Show", list(d.CURVE_METRICS), default="Accuracy", required=True,
                                       key="metric", bind="query-params")
 x_axis = x_col.segmented_control("Against", list(d.CURVE_X), default="Epoch", required=True, key="x",

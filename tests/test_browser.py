@@ -1,11 +1,12 @@
 """The dashboard in a real browser: `streamlit run streamlit_app.py` on a free
 local port, every page opened in headless Chromium over fixture runs, one
-visible element checked on each, and a screenshot of each saved to
-docs/screenshots/<page>.png for the README.
+visible element checked on each, and a screenshot of each taken.
 
 Skipped only when /usr/bin/chromium is missing. Set CIFAR_SCREENSHOT_RUNS
-to an artifacts root (e.g. the repository's artifacts/) to take the
-screenshots over real runs instead of the synthetic ones.
+to an artifacts root (e.g. the repository's artifacts/) to run it over those
+runs instead of the synthetic ones and save the screenshots to
+docs/screenshots/<page>.png for the README; otherwise they go to the test's
+temporary folder.
 """
 
 import io
@@ -41,15 +42,15 @@ def open_tab(page, label: str) -> None:
     page.wait_for_function(PAGE_IDLE, timeout=60_000)
 
 
-def shoot(page, name: str) -> None:
+def shoot(page, folder: Path, name: str) -> None:
     """The whole page: Streamlit scrolls inside its main pane, so the window
     is stretched to the pane's height (at most 2,600 px) for the picture."""
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": WIDTH, "height": max(HEIGHT, min(height, 2600))})
     page.wait_for_timeout(600)  # charts redraw at the new size
     page.wait_for_function(PAGE_IDLE, timeout=60_000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / f"{name}.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=folder / f"{name}.png")
     page.set_viewport_size({"width": WIDTH, "height": HEIGHT})
 
 
@@ -64,9 +65,12 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
 
     expect.set_options(timeout=60_000)  # the first run of each page imports and caches on a busy machine
 
+    # The README's pictures are only replaced when asked for; a plain test run
+    # leaves the tracked files alone.
+    shots = tmp_path / "screenshots"
     if os.environ.get("CIFAR_SCREENSHOT_RUNS"):
         monkeypatch.setenv("CIFAR_ARTIFACTS", os.environ["CIFAR_SCREENSHOT_RUNS"])
-        broken = None
+        shots, broken = SCREENSHOTS, None
     else:
         fixture_runs.make_study_runs(n_test=1000)
         broken = fixture_runs.make_broken_run()
@@ -84,20 +88,20 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.locator('[data-testid="stPlotlyChart"]').first).to_be_visible()
         if broken:
             expect(page.get_by_text("1 run folder could not be read and is hidden")).to_be_visible()
-        shoot(page, "learning_curves")
+        shoot(page, shots, "learning_curves")
 
         go_to(page, "Models")
         expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()
         if broken:
             expect(page.get_by_text(broken)).to_be_visible()
-        shoot(page, "models")
+        shoot(page, shots, "models")
         open_tab(page, "Accuracy against cost")
         expect(page.locator('[data-testid="stPlotlyChart"]').nth(1)).to_be_visible()
-        shoot(page, "models_frontier")
+        shoot(page, shots, "models_frontier")
 
         go_to(page, "Confusion")
         expect(page.locator('[data-testid="stPlotlyChart"]').nth(2)).to_be_visible()  # two runs and the change
-        shoot(page, "confusion")
+        shoot(page, shots, "confusion")
         open_tab(page, "Cat versus dog")
         # Dataframes also render their headers into a hidden table, so the
         # text is looked for in the tab's chart, not anywhere on the page.
@@ -106,7 +110,7 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(cat_dog.first).to_contain_text("Cats predicted as dog")
         open_tab(page, "Most-confused pairs")
         expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
-        shoot(page, "confusion_mistakes")
+        shoot(page, shots, "confusion_mistakes")
 
         go_to(page, "Predict")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([
@@ -117,10 +121,10 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         page.get_by_role("button", name="Draw a random test image").click()
         expect(page.get_by_role("heading", name="Random test image")).to_be_visible()
         page.wait_for_function(PAGE_IDLE, timeout=60_000)
-        shoot(page, "predict")
+        shoot(page, shots, "predict")
 
         go_to(page, "Run details")
         expect(page.get_by_text("Test accuracy").filter(visible=True).first).to_be_visible()
         expect(page.get_by_role("tab", name="Files and downloads")).to_be_visible()
-        shoot(page, "run_details")
+        shoot(page, shots, "run_details")
         browser.close()

@@ -38,7 +38,7 @@ def forward_gflops(model: keras.Model) -> float:
     view: fast_cnn's test-time augmentation runs six). Sets a floor on what any
     implementation needs: training costs about three forward passes."""
     macs = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in model._flatten_layers(include_self=False):  # nested models (VGG16/ResNet50 bases) too
         if isinstance(layer, keras.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
             _, h, w, _ = layer.output.shape
@@ -63,7 +63,8 @@ def measure(name: str, n_images: int) -> dict:
     params = count_params(model)
     return {"model": name, "input_size": getattr(spec.recipe, "input_size", None),
             "params_total": params["total"], "params_trainable": params["trainable"],
-            "forward_gflops": round(forward_gflops(model), 3), "model_file_mb": round(file_bytes / 1e6, 2), "eval_images": n_images,
+            "forward_gflops": round(forward_gflops(model), 3), "model_file_mb": round(file_bytes / 1e6, 2),
+            "eval_images": n_images,
             "eval_images_per_s": round(images_per_s, 1),
             "latency_ms": round(single_image_latency_ms(model, images[0]), 1),
             "backend": keras.backend.backend(), "machine": hardware()["label"],

@@ -34,6 +34,7 @@ import plotly.graph_objects as go
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar import artifacts  # noqa: E402
+from cifar.dashboard import training_seconds  # noqa: E402
 
 DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
 CHROMIUM = "/usr/bin/chromium"
@@ -43,7 +44,7 @@ def run_points(run_id: str) -> pd.DataFrame:
     """Every (training minutes, accuracy) point of one run, per epoch and final."""
     run = artifacts.load_run(run_id)
     history, meta = run["history"], run["metadata"]
-    seconds = history["train_seconds_total"] if "train_seconds_total" in history else history["seconds"].cumsum()
+    seconds = training_seconds(history)
     if "test_accuracy" in history:
         measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
     else:

@@ -194,15 +194,19 @@ def smooth(values: pd.Series, weight: float) -> pd.Series:
     return values.astype(float).ewm(alpha=1 - weight, adjust=True).mean()
 
 
+def training_seconds(history: pd.DataFrame) -> pd.Series:
+    """Seconds in training batches up to each epoch: no evaluation, saving or
+    start-up (older runs lack the running total; their epochs' seconds add up to it)."""
+    if "train_seconds_total" in history:
+        return history["train_seconds_total"]
+    return history["seconds"].cumsum()
+
+
 def _x_values(history: pd.DataFrame, x_axis: str) -> pd.Series:
     if CURVE_X[x_axis] == "minutes":
         return history["elapsed_seconds"] / 60
     if CURVE_X[x_axis] == "train_minutes":
-        # Time in training batches only: no evaluation, saving or start-up
-        # (older runs lack the running total; their epochs' seconds add up to it).
-        if "train_seconds_total" in history:
-            return history["train_seconds_total"] / 60
-        return history["seconds"].cumsum() / 60
+        return training_seconds(history) / 60
     return history["epoch"]
 
 

@@ -235,7 +235,7 @@ def load_model_from_path(path: str | Path):
     """Load a saved `.keras` model without ever running code stored in it."""
     import keras  # lazy: decoding images must not pay for importing TensorFlow
 
-    from cifar import fast_cnn  # noqa: F401  registers fast_cnn's custom layers for safe loading
+    import cifar.models  # noqa: F401  the registry imports every model's custom layers, registering them
 
     path = Path(path)
     if not path.is_file():

@@ -55,7 +55,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_positive_int)
     parser.add_argument("--lr", dest="learning_rate", type=_positive_float, help="learning rate")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="random rotation/flip/shift augmentation (default: the recipe's)")
+                        help="the recipe's augmentation on or off (study models: random rotation/flip/shift; "
+                             "fast_cnn: alternating flips and 2-pixel shifts)")
     parser.add_argument("--patience", dest="early_stopping_patience", type=_positive_int,
                         help="early-stopping patience in epochs (0 turns it off)")
     parser.add_argument("--limit-per-class", type=_positive_int, help="training images kept per class")

@@ -28,7 +28,7 @@ from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
 from cifar.evaluate import evaluate
-from cifar.fast_cnn import single_view
+from cifar.fast_cnn import WarmupLinearDecay, single_view
 from cifar.models import build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
 
@@ -149,13 +149,16 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
 
     train_seconds = state.get("train_seconds", 0.0)
     y_train_hot = _one_hot(y_train)
+    epoch_augment = get_spec(config.model).epoch_augment if config.augment else None
     for epoch in range(len(history), config.epochs):
         if _early_stop(history, config):  # also after a resume of a run that had stopped
             break
         order = np.random.default_rng([config.seed, epoch]).permutation(len(x_train))
         progress.epoch_started(epoch)
         start = time.perf_counter()
-        fit = model.fit(x_train[order], y_train_hot[order], batch_size=config.batch_size,
+        images = epoch_augment(x_train, epoch, config.seed) if epoch_augment else x_train
+        augment_seconds = time.perf_counter() - start  # part of training time, like airbench's
+        fit = model.fit(images[order], y_train_hot[order], batch_size=config.batch_size,
                         epochs=epoch + 1, initial_epoch=epoch, shuffle=False,
                         validation_data=validation, verbose=verbose, callbacks=[progress.callback()])
         seconds = time.perf_counter() - start
@@ -165,7 +168,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
             progress.update(status="failed", error="loss became NaN")
             raise TrainingError(f"run {run_id}: the loss became NaN in epoch {epoch + 1}. "
                                 "Lower the learning rate (--lr) or use --precision float32")
-        train_time = progress.last_train_seconds or seconds
+        train_time = progress.last_train_seconds + augment_seconds if progress.last_train_seconds else seconds
         train_seconds += train_time
         row = {"epoch": epoch + 1, **logs, "learning_rate": _current_lr(model),
                "optimizer_steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
@@ -266,10 +269,7 @@ def _optimizer(config: RunConfig, steps_per_epoch: int | None):
     learning_rate = config.learning_rate
     if recipe.warmup_fraction and steps_per_epoch:
         total = steps_per_epoch * config.epochs
-        warmup = max(1, int(total * recipe.warmup_fraction))
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=config.learning_rate * 0.2, decay_steps=max(1, total - warmup),
-            warmup_target=config.learning_rate, warmup_steps=warmup)
+        learning_rate = WarmupLinearDecay(config.learning_rate, total, recipe.warmup_fraction)
     options = {"weight_decay": recipe.weight_decay}
     if recipe.ema_momentum is not None:
         from cifar.fast_cnn import LookaheadSGD

@@ -173,3 +173,47 @@ def test_lookahead_moves_weights_to_the_slow_copy_every_5_steps_and_at_the_very_
     model.fit(x[7:], y[7:], batch_size=1, shuffle=False, verbose=0)  # steps 8-12: the end of training
     for w, a in zip(weights(model), slow_copy(model)):
         np.testing.assert_allclose(w, a)
+
+
+def test_fast_cnn_epoch_images_alternate_flips_and_shift_by_whole_pixels():
+    from cifar.fast_cnn import epoch_images
+    rng = np.random.default_rng(3)
+    # Left-right asymmetric images with distinct rows, so flips and shifts are recognisable.
+    images = rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
+    epochs = [epoch_images(images, epoch, seed=5) for epoch in range(3)]
+    assert all(e.shape == images.shape and e.dtype == np.uint8 for e in epochs)
+    np.testing.assert_array_equal(epoch_images(images, 1, seed=5), epochs[1])  # deterministic
+    assert not np.array_equal(epoch_images(images, 1, seed=6), epochs[1])
+
+    def flipped_and_shift(original, seen):
+        """Which (flip, dy, dx) turns `original` into `seen` (centre must match exactly)."""
+        padded = [np.pad(o, ((2, 2), (2, 2), (0, 0)), mode="reflect") for o in (original, original[:, ::-1])]
+        for flip in (False, True):
+            for dy in range(5):
+                for dx in range(5):
+                    if np.array_equal(padded[flip][dy:dy + 32, dx:dx + 32], seen):
+                        return flip, dy - 2, dx - 2
+        raise AssertionError("not a flip plus a whole-pixel mirror-padded shift")
+
+    found = [[flipped_and_shift(images[i], e[i]) for i in range(len(images))] for e in epochs]
+    flips = np.array([[f for f, _, _ in epoch] for epoch in found])
+    # Epoch 0 flips about half the images; each image then alternates sides.
+    assert 0.4 < flips[0].mean() < 0.6
+    np.testing.assert_array_equal(flips[1], ~flips[0])
+    np.testing.assert_array_equal(flips[2], flips[0])
+    shifts = np.array([[(dy, dx) for _, dy, dx in epoch] for epoch in found])
+    assert set(np.unique(shifts)) == {-2, -1, 0, 1, 2}  # all 5 shifts per axis occur
+    assert (shifts[0] != shifts[1]).any(axis=1).mean() > 0.8  # drawn afresh every epoch
+
+
+def test_fast_cnn_learning_rate_is_airbench_triangle_and_survives_saving():
+    import keras
+    from cifar.fast_cnn import WarmupLinearDecay
+    schedule = WarmupLinearDecay(peak=2.0, total_steps=100, warmup_fraction=0.23)
+    lr = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 23, 100, 150)]
+    np.testing.assert_allclose(lr, [0.4, 2.0, 0.14, 0.14], rtol=1e-6)  # 0.2x, peak, 0.07x, held
+    midway = float(keras.ops.convert_to_numpy(schedule(23 + 77 // 2)))
+    assert 0.14 < midway < 2.0 and abs(midway - (2.0 + 0.14) / 2) < 0.03  # linear, not cosine
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert float(keras.ops.convert_to_numpy(restored(50))) == pytest.approx(
+        float(keras.ops.convert_to_numpy(schedule(50))))

@@ -188,3 +188,28 @@ def test_track_test_records_test_accuracy_each_epoch_without_touching_training(t
     assert history.train_seconds_total.is_monotonic_increasing
     assert history.train_seconds_total.iloc[-1] <= history.elapsed_seconds.iloc[-1] - history.test_seconds.sum()
     assert run["metadata"]["config"]["track_test"] is True
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_fast_cnn_trains_on_each_epochs_augmented_images_with_the_triangle_schedule(tiny_data, monkeypatch,
+                                                                                    augment):
+    import dataclasses
+
+    from cifar import fast_cnn, models
+    from cifar.train import start_run
+    seen = []
+
+    def spy(images, epoch, seed):
+        seen.append((len(images), epoch, seed))
+        return fast_cnn.epoch_images(images, epoch, seed)
+
+    spec = models.REGISTRY["fast_cnn"]
+    monkeypatch.setitem(models.REGISTRY, "fast_cnn", dataclasses.replace(spec, epoch_augment=spy))
+    config = resolve_config("fast_cnn", data=tiny_data, epochs=2, augment=augment, **TINY)
+    run = artifacts.load_run(start_run(config, verbose=0))
+    n_train = 40 - TINY["val_size"]
+    assert seen == ([(n_train, 0, 1), (n_train, 1, 1)] if augment else [])
+    history = run["history"]
+    assert history.optimizer_steps.iloc[-1] == 2 * 4  # 30 images in batches of 8
+    # After the last step the learning rate has come down to 0.07 of the peak.
+    assert history.learning_rate.iloc[-1] == pytest.approx(0.07 * config.learning_rate, rel=1e-5)

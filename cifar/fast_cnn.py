@@ -202,6 +202,13 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
                 "start": self.start, "end": self.end}
 
 
+def _rng(seed: int, *stream: int) -> np.random.Generator:
+    """An independent random stream per purpose. Not default_rng([seed, ...]):
+    numpy pads short seed lists with zeros, so [s, 7] and [s, 7, 0] would be
+    one stream (epoch 0's flips would then decide its shifts)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=stream))
+
+
 def epoch_images(images: np.ndarray, epoch: int, seed: int) -> np.ndarray:
     """The training images as epoch `epoch` sees them (airbench94's augmentation).
 
@@ -211,14 +218,14 @@ def epoch_images(images: np.ndarray, epoch: int, seed: int) -> np.ndarray:
     by a whole number of pixels in [-2, 2] on each axis, the border filled by
     mirroring. Seeded by (seed, epoch), so a resumed run sees the same data."""
     n, height, width = images.shape[:3]
-    flipped = np.random.default_rng([seed, 7]).random(n) < 0.5
+    flipped = _rng(seed, 1).random(n) < 0.5
     if epoch % 2 == 1:
         flipped = ~flipped
     out = images.copy()
     out[flipped] = out[flipped, :, ::-1]
     pad = TRANSLATE_PIXELS
     padded = np.pad(out, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    shifts = np.random.default_rng([seed, 7, epoch]).integers(0, 2 * pad + 1, size=(n, 2))
+    shifts = _rng(seed, 2, epoch).integers(0, 2 * pad + 1, size=(n, 2))
     for dy in range(2 * pad + 1):  # 25 vectorised crops, one per shift
         for dx in range(2 * pad + 1):
             chosen = np.flatnonzero((shifts[:, 0] == dy) & (shifts[:, 1] == dx))

@@ -204,6 +204,10 @@ def test_fast_cnn_epoch_images_alternate_flips_and_shift_by_whole_pixels():
     shifts = np.array([[(dy, dx) for _, dy, dx in epoch] for epoch in found])
     assert set(np.unique(shifts)) == {-2, -1, 0, 1, 2}  # all 5 shifts per axis occur
     assert (shifts[0] != shifts[1]).any(axis=1).mean() > 0.8  # drawn afresh every epoch
+    # Shifts are independent of flips: both sides see every shift, in every epoch.
+    for epoch in range(3):
+        for side in (flips[epoch], ~flips[epoch]):
+            assert set(shifts[epoch][side, 0]) == set(shifts[epoch][side, 1]) == {-2, -1, 0, 1, 2}
 
 
 def test_fast_cnn_learning_rate_is_airbench_triangle_and_survives_saving():

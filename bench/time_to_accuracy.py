@@ -67,7 +67,8 @@ def figure(points: pd.DataFrame, thresholds: list[float]) -> go.Figure:
     fig = go.Figure()
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     for (run_id, run), colour in zip(points.groupby("run_id", sort=False), palette * 10):
-        label = f"{run.model.iloc[0]} ({run.epoch.max()} epochs)"
+        # The run id's suffix tells two runs of one model apart.
+        label = f"{run.model.iloc[0]} -{run_id.rsplit('-', 1)[-1]} ({run.epoch.max()} epochs)"
         curve = run[run.measure != "test, final model"]
         final = run[run.measure == "test, final model"]
         fig.add_trace(go.Scatter(x=curve.train_minutes, y=curve.accuracy, mode="lines+markers",

@@ -1,4 +1,4 @@
-"""cifar.jobs and cifar.auth with real processes: tiny trainings run, queue,
+"""cifar.jobs (its local backend) and cifar.auth with real processes: tiny trainings run, queue,
 cancel, die and resume exactly as they would behind the dashboard.
 
 Each tiny training costs ~10-15 s of TensorFlow start-up, so the scenarios
@@ -13,7 +13,8 @@ import pytest
 
 from cifar import artifacts, auth, cli
 from cifar.errors import CifarError
-from cifar.jobs import JobError, LocalProcessBackend
+from cifar.jobs import JobError
+from cifar.jobs_local import LocalProcessBackend
 from tests.datasets import make_class_folders
 
 HEARTBEAT_TIMEOUT = 3.0

@@ -2,7 +2,8 @@
 
 For each model it times N training steps two ways, after a warm-up,
 alternating them `--repeats` times and keeping the best of each:
-  pipeline: exactly what `cifar.train` does per epoch: a seeded permutation
+  pipeline: exactly what `cifar.train` does per epoch: the model's per-epoch
+            data augmentation if it has one (fast_cnn), a seeded permutation
             of the uint8 arrays, then `model.fit(..., shuffle=False)`;
   compute:  `train_on_batch` on one batch already converted to a tensor,
             i.e. training with the input pipeline taken away.
@@ -66,8 +67,9 @@ def measure(name: str, steps: int, precision: str, input_size: int | None, batch
     pipeline, compute = [], []
     for repeat in range(repeats):
         start = time.perf_counter()
+        images = spec.epoch_augment(x, repeat, 0) if spec.epoch_augment and config.augment else x
         order = np.random.default_rng([0, repeat]).permutation(n)
-        model.fit(x[order], y[order], batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
+        model.fit(images[order], y[order], batch_size=config.batch_size, epochs=1, shuffle=False, verbose=0)
         pipeline.append(time.perf_counter() - start)
         start = time.perf_counter()
         for _ in range(steps):

@@ -1,8 +1,9 @@
 """Retrain: queue a training from the browser and watch it run.
 
 Everything happens in `cifar.jobs` and its backend `cifar.jobs_local` (the
-durable queue, one training at a time by default) and `cifar.auth` (who may submit, cancel and resume); this page
-renders the form and the job list, which refreshes itself every few seconds.
+durable queue, one training at a time by default) and `cifar.auth` (who may
+submit, cancel and resume); this page renders the form and the job list,
+which refreshes itself every few seconds.
 Every action checks rights on the server first; disabling a button is only
 a courtesy.
 """

@@ -51,14 +51,18 @@ TTA_WEIGHTS = (0.25, 0.25, 0.125, 0.125, 0.125, 0.125)
 TRANSLATE_PIXELS = 2
 
 
+def pytorch_default_init() -> keras.initializers.Initializer:
+    """PyTorch's default conv and linear init (uniform, bound 1/sqrt(fan_in)), as airbench uses."""
+    return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+
+
 @keras.saving.register_keras_serializable(package="cifar")
 class PartialIdentity(keras.initializers.Initializer):
     """He-uniform kernel whose first `in_channels` filters are identities (Dirac)."""
 
     def __call__(self, shape, dtype=None):
         kh, kw, cin, cout = shape
-        # PyTorch's default conv init (uniform, bound 1/sqrt(fan_in)), as airbench uses.
-        kernel = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")(shape, dtype=dtype)
+        kernel = pytorch_default_init()(shape, dtype=dtype)
         eye = np.zeros(shape, dtype="float32")
         for i in range(min(cin, cout)):
             eye[kh // 2, kw // 2, i, i] = 1.0
@@ -263,8 +267,7 @@ def build_fast_cnn() -> keras.Model:
         x = _batchnorm_gelu(x)
     x = layers.MaxPooling2D(3)(x)
     x = layers.Flatten()(x)
-    pytorch_linear_init = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
-    x = layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=pytorch_linear_init)(x)
+    x = layers.Dense(NUM_CLASSES, use_bias=False, kernel_initializer=pytorch_default_init())(x)
     x = layers.Rescaling(1 / 9, name="logit_scale")(x)
     x = TTAMerge(name="tta_merge")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="predictions")(x)

@@ -227,6 +227,7 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
             model = keras.saving.load_model(path, safe_mode=True)
         except Exception as exc:
             raise RunError(f"checkpoint {path} cannot be loaded ({exc}); start a new run") from exc
+        _check_same_network(model, config, run_id=work.name)
         return model, state.get("source", {})
     spec = get_spec(config.model)
     source = {"weights": config.weights}
@@ -243,6 +244,25 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
         source["weights"] = None
     compile_for_training(model, config, steps_per_epoch=math.ceil(len(x_train) / config.batch_size))
     return model, source
+
+
+def _layer_signature(model: keras.Model) -> list[tuple]:
+    return [(layer.__class__.__name__, tuple(tuple(w.shape) for w in layer.weights)) for layer in model.layers]
+
+
+def _check_same_network(checkpoint: keras.Model, config: RunConfig, run_id: str) -> None:
+    """Refuse to resume a checkpoint whose network the current code no longer
+    builds: e.g. a fast_cnn saved with augmentation layers inside it, by code
+    that now augments the data per epoch, would be augmented twice."""
+    current = build_model(config.model, input_size=config.input_size, weights="none", augment=config.augment)
+    old, new = _layer_signature(checkpoint), _layer_signature(current)
+    if old != new:
+        first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+        seen = old[first][0] if first < len(old) else "nothing"
+        built = new[first][0] if first < len(new) else "nothing"
+        raise RunError(f"run {run_id} was checkpointed by another version of {config.model}: its layer "
+                       f"{first + 1} is {seen}, the current code builds {built} there. It cannot be "
+                       f"resumed; start a new run (python -m cifar train {config.model} ...)")
 
 
 def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch: int | None = None) -> None:

@@ -213,3 +213,28 @@ def test_fast_cnn_trains_on_each_epochs_augmented_images_with_the_triangle_sched
     assert history.optimizer_steps.iloc[-1] == 2 * 4  # 30 images in batches of 8
     # After the last step the learning rate has come down to 0.07 of the peak.
     assert history.learning_rate.iloc[-1] == pytest.approx(0.07 * config.learning_rate, rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
+    """A work folder whose checkpoint the current code would not build (as a
+    fast_cnn saved with in-network augmentation, resumed by code that augments
+    the data) is refused with a message, and left as it was."""
+    from cifar.models import build_model
+    from cifar.train import CONFIG_FILE, STATE_FILE, resume_run
+    run_id = artifacts.new_run_id("cnn_baseline")
+    work = artifacts.work_dir(run_id)
+    work.mkdir(parents=True)
+    config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
+    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
+    build_model("cnn_regularized").save(work / "checkpoint-0001.keras")  # "another version"
+    from cifar.data import load_cifar10
+    state = {"completed_epochs": 1, "checkpoint": "checkpoint-0001.keras", "history": [],
+             "data_fingerprint": load_cifar10(tiny_data).fingerprint}
+    artifacts.write_json_atomic(work / STATE_FILE, state)
+    before = sorted(p.name for p in work.iterdir())
+
+    with pytest.raises(RunError, match=r"another version of cnn_baseline: its layer \d+ is \w+, the current "
+                                       r"code builds \w+ there.*start a new run"):
+        resume_run(run_id, verbose=0)
+    assert (work / "checkpoint-0001.keras").exists() and json.loads((work / STATE_FILE).read_text()) == state
+    assert set(before) <= {p.name for p in work.iterdir()}

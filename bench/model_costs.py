@@ -33,12 +33,21 @@ from cifar.evaluate import predict_probabilities, single_image_latency_ms  # noq
 from cifar.models import REGISTRY, build_model, count_params, get_spec  # noqa: E402
 
 
+def _all_layers(model: keras.Model):
+    """Every layer, inside nested models (the VGG16/ResNet50 bases) too."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
 def forward_gflops(model: keras.Model) -> float:
     """Multiply-adds x 2 of the convolution and dense layers for one image (one
     view: fast_cnn's test-time augmentation runs six). Sets a floor on what any
     implementation needs: training costs about three forward passes."""
     macs = 0
-    for layer in model._flatten_layers(include_self=False):  # nested models (VGG16/ResNet50 bases) too
+    for layer in _all_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
             _, h, w, _ = layer.output.shape

@@ -221,3 +221,31 @@ def test_fast_cnn_learning_rate_is_airbench_triangle_and_survives_saving():
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
     assert float(keras.ops.convert_to_numpy(restored(50))) == pytest.approx(
         float(keras.ops.convert_to_numpy(schedule(50))))
+
+
+def test_a_fast_cnn_checkpoint_keeps_the_lookahead_slow_copy_and_schedule(tmp_path):
+    """What `resume` of a fast_cnn run relies on: the .keras checkpoint brings
+    back the optimizer's step count and lookahead slow weights, not fresh ones."""
+    import keras
+    from cifar.config import resolve_config
+    from cifar.models import build_model
+    from cifar.train import compile_for_training
+
+    model = build_model("fast_cnn", seed=0)
+    compile_for_training(model, resolve_config("fast_cnn", epochs=2), steps_per_epoch=3)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), np.eye(10)[rng.integers(0, 10, 24)]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 3 of 6 steps: between lookahead syncs
+    model.save(tmp_path / "checkpoint.keras")
+    restored = keras.saving.load_model(tmp_path / "checkpoint.keras", safe_mode=True)
+
+    assert int(restored.optimizer.iterations) == 3
+    assert restored.optimizer.total_steps == 6
+    slow = [np.array(v) for v in model.optimizer._model_variables_moving_average]
+    slow_restored = [np.array(v) for v in restored.optimizer._model_variables_moving_average]
+    assert len(slow) == len(slow_restored) == len(model.trainable_weights)
+    for a, b in zip(slow, slow_restored):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.allclose(a, np.array(w)) for a, w in zip(slow, model.trainable_weights)), \
+        "mid-period, the slow copy differs from the weights"
+    assert float(restored.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from cifar import NUM_CLASSES, artifacts
-from cifar.config import RunConfig, resolve_config
+from cifar.config import RunConfig
 from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError

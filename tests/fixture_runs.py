@@ -315,7 +315,6 @@ def clear_runs() -> None:
 
 if __name__ == "__main__":
     # CIFAR_ARTIFACTS=/tmp/look python -m tests.fixture_runs [COUNT]: runs to look at by hand.
-    import sys
     made = make_many_runs(int(sys.argv[1]), n_test=1000) if len(sys.argv) > 1 else make_study_runs()
     make_broken_run()
     print(f"{len(made)} runs and one broken folder under {artifacts.root()}")

@@ -219,6 +219,7 @@ def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
     """A work folder whose checkpoint the current code would not build (as a
     fast_cnn saved with in-network augmentation, resumed by code that augments
     the data) is refused with a message, and left as it was."""
+    from cifar.data import load_cifar10
     from cifar.models import build_model
     from cifar.train import CONFIG_FILE, STATE_FILE, resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
@@ -227,7 +228,6 @@ def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
     artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
     build_model("cnn_regularized").save(work / "checkpoint-0001.keras")  # "another version"
-    from cifar.data import load_cifar10
     state = {"completed_epochs": 1, "checkpoint": "checkpoint-0001.keras", "history": [],
              "data_fingerprint": load_cifar10(tiny_data).fingerprint}
     artifacts.write_json_atomic(work / STATE_FILE, state)

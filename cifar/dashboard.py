@@ -196,7 +196,8 @@ def smooth(values: pd.Series, weight: float) -> pd.Series:
 
 def training_seconds(history: pd.DataFrame) -> pd.Series:
     """Seconds in training batches up to each epoch: no evaluation, saving or
-    start-up (older runs lack the running total; their epochs' seconds add up to it)."""
+    start-up. Older runs lack the running total: the sum of their epochs'
+    seconds stands in, a few percent more as it also counts the validation pass."""
     if "train_seconds_total" in history:
         return history["train_seconds_total"]
     return history["seconds"].cumsum()

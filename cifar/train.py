@@ -253,16 +253,22 @@ def _layer_signature(model: keras.Model) -> list[tuple]:
 def _check_same_network(checkpoint: keras.Model, config: RunConfig, run_id: str) -> None:
     """Refuse to resume a checkpoint whose network the current code no longer
     builds: e.g. a fast_cnn saved with augmentation layers inside it, by code
-    that now augments the data per epoch, would be augmented twice."""
+    that now augments the data per epoch, would be augmented twice. Costs one
+    extra model build per resume (seconds, even for ResNet50 at 224)."""
     current = build_model(config.model, input_size=config.input_size, weights="none", augment=config.augment)
     old, new = _layer_signature(checkpoint), _layer_signature(current)
     if old != new:
         first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-        seen = old[first][0] if first < len(old) else "nothing"
-        built = new[first][0] if first < len(new) else "nothing"
+
+        def describe(signature):
+            if first >= len(signature):
+                return "nothing"
+            name, shapes = signature[first]
+            return f"{name} with weights {list(shapes)}"
         raise RunError(f"run {run_id} was checkpointed by another version of {config.model}: its layer "
-                       f"{first + 1} is {seen}, the current code builds {built} there. It cannot be "
-                       f"resumed; start a new run (python -m cifar train {config.model} ...)")
+                       f"{first + 1} is {describe(old)} in the checkpoint, {describe(new)} in the current "
+                       f"code. It cannot be resumed: start a new run (python -m cifar train {config.model} "
+                       f"...) and delete {artifacts.work_dir(run_id)}")
 
 
 def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch: int | None = None) -> None:

@@ -233,8 +233,9 @@ def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
     artifacts.write_json_atomic(work / STATE_FILE, state)
     before = sorted(p.name for p in work.iterdir())
 
-    with pytest.raises(RunError, match=r"another version of cnn_baseline: its layer \d+ is \w+, the current "
-                                       r"code builds \w+ there.*start a new run"):
+    with pytest.raises(RunError, match=r"another version of cnn_baseline: its layer \d+ is \w+ with weights "
+                                       r"\[.*\] in the checkpoint, \w+ with weights \[.*\] in the current "
+                                       r"code.*start a new run.*delete .*" + run_id):
         resume_run(run_id, verbose=0)
     assert (work / "checkpoint-0001.keras").exists() and json.loads((work / STATE_FILE).read_text()) == state
     assert set(before) <= {p.name for p in work.iterdir()}

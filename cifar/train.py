@@ -227,7 +227,7 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
             model = keras.saving.load_model(path, safe_mode=True)
         except Exception as exc:
             raise RunError(f"checkpoint {path} cannot be loaded ({exc}); start a new run") from exc
-        _check_same_network(model, config, run_id=work.name)
+        _check_same_network(model, config, work)
         return model, state.get("source", {})
     spec = get_spec(config.model)
     source = {"weights": config.weights}
@@ -250,7 +250,7 @@ def _layer_signature(model: keras.Model) -> list[tuple]:
     return [(layer.__class__.__name__, tuple(tuple(w.shape) for w in layer.weights)) for layer in model.layers]
 
 
-def _check_same_network(checkpoint: keras.Model, config: RunConfig, run_id: str) -> None:
+def _check_same_network(checkpoint: keras.Model, config: RunConfig, work) -> None:
     """Refuse to resume a checkpoint whose network the current code no longer
     builds: e.g. a fast_cnn saved with augmentation layers inside it, by code
     that now augments the data per epoch, would be augmented twice. Costs one
@@ -265,10 +265,10 @@ def _check_same_network(checkpoint: keras.Model, config: RunConfig, run_id: str)
                 return "nothing"
             name, shapes = signature[first]
             return f"{name} with weights {list(shapes)}"
-        raise RunError(f"run {run_id} was checkpointed by another version of {config.model}: its layer "
+        raise RunError(f"run {work.name} was checkpointed by another version of {config.model}: its layer "
                        f"{first + 1} is {describe(old)} in the checkpoint, {describe(new)} in the current "
                        f"code. It cannot be resumed: start a new run (python -m cifar train {config.model} "
-                       f"...) and delete {artifacts.work_dir(run_id)}")
+                       f"...) and delete {work}")
 
 
 def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch: int | None = None) -> None:

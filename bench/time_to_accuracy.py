@@ -1,7 +1,7 @@
 """Time to accuracy: accuracy against training time, for runs of different models.
 
     python -m bench.time_to_accuracy [RUN_ID ...] [--thresholds 0.90 0.92 0.93 0.94]
-                                     [--out docs/time_to_accuracy]
+                                     [--label RUN_ID=TEXT ...] [--out docs/time_to_accuracy]
 
 Without run ids it takes the newest run of fast_cnn, cnn_regularized and
 cnn_baseline under the artifacts root (`$CIFAR_ARTIFACTS`, default artifacts/).
@@ -13,7 +13,9 @@ For each run, one point per epoch:
   with `--track-test` (one view per image), otherwise the validation accuracy
   (held-out training images, never seen in training);
 plus the run's final test accuracy (the shipped model, with fast_cnn's
-test-time augmentation) at the end of its training.
+test-time augmentation) at the end of its training. The legend names each run
+by model, seed and run-id suffix; `--label RUN_ID=TEXT` adds what the run
+itself does not record (which recipe version it trained, say).
 
 Writes OUT.csv (every plotted point) and OUT.png (the chart, drawn by
 headless Chromium through Playwright: test-only packages, see
@@ -49,9 +51,11 @@ def run_points(run_id: str) -> pd.DataFrame:
         measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
     else:
         measure, accuracy = "validation, after each epoch", history["val_accuracy"]
-    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "epoch": history["epoch"],
+    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
+                           "epoch": history["epoch"],
                            "train_minutes": seconds / 60, "accuracy": accuracy, "measure": measure})
-    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "epoch": int(history["epoch"].iloc[-1]),
+    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
+                           "epoch": int(history["epoch"].iloc[-1]),
                            "train_minutes": float(seconds.iloc[-1]) / 60,
                            "accuracy": float(run["metrics"]["test_accuracy"].iloc[0]),
                            "measure": "test, final model"}])
@@ -63,12 +67,19 @@ def time_to(points: pd.DataFrame, threshold: float) -> float | None:
     return float(reached.train_minutes.min()) if len(reached) else None
 
 
-def figure(points: pd.DataFrame, thresholds: list[float]) -> go.Figure:
+def run_label(run: pd.DataFrame, extra: str | None = None) -> str:
+    """Legend name of one run: model, seed, what --label adds, and the run id's suffix."""
+    first = run.iloc[0]
+    seed = "" if pd.isna(first.seed) else f" seed {int(first.seed)}"
+    extra = f", {extra}" if extra else ""
+    return f"{first.model}{seed}{extra} (-{first.run_id.rsplit('-', 1)[-1]}, {run.epoch.max()} epochs)"
+
+
+def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     for (run_id, run), colour in zip(points.groupby("run_id", sort=False), palette * 10):
-        # The run id's suffix tells two runs of one model apart.
-        label = f"{run.model.iloc[0]} -{run_id.rsplit('-', 1)[-1]} ({run.epoch.max()} epochs)"
+        label = run_label(run, (labels or {}).get(run_id))
         curve = run[run.measure != "test, final model"]
         final = run[run.measure == "test, final model"]
         fig.add_trace(go.Scatter(x=curve.train_minutes, y=curve.accuracy, mode="lines+markers",
@@ -107,8 +118,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="*", help="run ids (default: the newest run of each of "
                                                 + ", ".join(DEFAULT_MODELS) + ")")
     parser.add_argument("--thresholds", nargs="+", type=float, default=[0.90, 0.92, 0.93, 0.94])
+    parser.add_argument("--label", action="append", default=[], metavar="RUN_ID=TEXT",
+                        help="add TEXT to a run's legend name (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("docs/time_to_accuracy"))
     args = parser.parse_args()
+    labels = dict(item.split("=", 1) for item in args.label if "=" in item)
+    if len(labels) != len(args.label):
+        parser.error("--label takes RUN_ID=TEXT, for example --label 20261125T165241Z-fast_cnn-f903='recipe v1'")
 
     newest = {run.model: run.run_id for run in artifacts.list_runs()}  # listed oldest first
     run_ids = args.runs or [newest[model] for model in DEFAULT_MODELS if model in newest]
@@ -117,7 +133,7 @@ def main() -> None:
     points = pd.concat([run_points(run_id) for run_id in run_ids], ignore_index=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     points.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
-    save_png(figure(points, args.thresholds), args.out.with_suffix(".png"))
+    save_png(figure(points, args.thresholds, labels), args.out.with_suffix(".png"))
 
     print("| run | model | epochs | " + " | ".join(f"to {t:.0%}" for t in args.thresholds)
           + " | final test acc | training minutes |")

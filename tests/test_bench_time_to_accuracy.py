@@ -1,0 +1,48 @@
+"""bench/time_to_accuracy: the points, thresholds and legend names behind
+BENCHMARKS' time-to-accuracy table and the README's plot."""
+
+import sys
+
+import pytest
+
+from bench import time_to_accuracy as tta
+from cifar import artifacts
+from fixture_runs import make_run
+
+
+def test_run_points_gives_each_epoch_then_the_final_model_at_the_end_of_training():
+    run = make_run("cnn_regularized", epochs=5, accuracy=0.8)
+    points = tta.run_points(run.run_id)
+    curve = points[points.measure == "validation, after each epoch"]
+    final = points[points.measure == "test, final model"].iloc[0]
+    assert list(curve.epoch) == [1, 2, 3, 4, 5]
+    assert curve.train_minutes.is_monotonic_increasing
+    assert final.train_minutes == pytest.approx(curve.train_minutes.iloc[-1])
+    assert final.accuracy == pytest.approx(artifacts.load_run(run.run_id)["metrics"].test_accuracy[0])
+    assert final.epoch == 5 and final.seed == 0
+
+
+def test_time_to_is_the_first_point_at_or_above_the_threshold_and_none_when_never_reached():
+    run = make_run("cnn_regularized", epochs=6, accuracy=0.85)
+    points = tta.run_points(run.run_id)
+    threshold = float(points.accuracy.iloc[2])     # reached at the third epoch at the latest
+    first = points[points.accuracy >= threshold].train_minutes.min()
+    assert tta.time_to(points, threshold) == pytest.approx(first)
+    assert tta.time_to(points, threshold) <= points.train_minutes.iloc[2]
+    assert tta.time_to(points, 0.999) is None
+
+
+def test_legend_names_model_seed_label_and_run_suffix():
+    run = make_run("cnn_baseline", epochs=3)
+    points = tta.run_points(run.run_id)
+    suffix = run.run_id.rsplit("-", 1)[-1]
+    assert tta.run_label(points) == f"cnn_baseline seed 0 (-{suffix}, 3 epochs)"
+    assert tta.run_label(points, "recipe v1") == f"cnn_baseline seed 0, recipe v1 (-{suffix}, 3 epochs)"
+
+
+def test_a_label_without_run_id_is_refused_with_an_example(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy", "--label", "recipe v1"])
+    with pytest.raises(SystemExit) as exit_info:
+        tta.main()
+    assert exit_info.value.code == 2
+    assert "RUN_ID=TEXT" in capsys.readouterr().err

@@ -215,7 +215,8 @@ def history_for(profile: Profile, final_accuracy: float, epochs: int, rng: np.ra
 
 
 def metadata_for(run_id: str, model: str, profile: Profile, history: pd.DataFrame, n_test: int,
-                 imagenet_weights: bool | None, hardware: str, precision: str, note: str) -> dict:
+                 imagenet_weights: bool | None, hardware: str, precision: str, note: str,
+                 config_seed: int = 0) -> dict:
     """metadata.json as train._metadata writes it."""
     best_epoch = int(history.loc[history.val_accuracy.idxmax(), "epoch"])
     weights = None if not profile.transfer else ("imagenet" if imagenet_weights else "none")
@@ -223,7 +224,7 @@ def metadata_for(run_id: str, model: str, profile: Profile, history: pd.DataFram
               "optimizer": profile.optimizer, "augment": profile.augmentation,
               "early_stopping_patience": 8 if profile.augmentation else None, "label_smoothing": 0.0,
               "input_size": 224 if profile.transfer else None, "weights": weights, "init_from_run": None,
-              "data": "/data/cifar10-jpeg", "limit_per_class": None, "val_size": 5000, "seed": 0,
+              "data": "/data/cifar10-jpeg", "limit_per_class": None, "val_size": 5000, "seed": config_seed,
               "precision": precision, "note": note}
     train_seconds = float(history.seconds.sum())
     return {
@@ -251,8 +252,10 @@ def metadata_for(run_id: str, model: str, profile: Profile, history: pd.DataFram
 
 def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, accuracy: float | None = None,
              epochs: int | None = None, imagenet_weights: bool | None = True, minutes_after_start: int = 0,
-             hardware: str = "2-core Fixture CPU", precision: str = "float32", note: str = "") -> FixtureRun:
-    """Write and publish one run; returns its id, confusion counts and metadata."""
+             hardware: str = "2-core Fixture CPU", precision: str = "float32", note: str = "",
+             config_seed: int = 0) -> FixtureRun:
+    """Write and publish one run; returns its id, confusion counts and metadata.
+    `seed` varies the simulated results; `config_seed` is the --seed the run records."""
     profile = PROFILES[model]
     rng = np.random.default_rng(seed)
     truth, predicted = simulate_predictions(profile.accuracy if accuracy is None else accuracy, n_test, rng)
@@ -262,7 +265,8 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
     # Ids are deterministic (unique per model, seed and start time) so that
     # screenshots and labels are the same on every run of the tests.
     run_id = f"{when:%Y%m%dT%H%M%S}Z-{model}-{seed % 0x10000:04x}"
-    metadata = metadata_for(run_id, model, profile, history, n_test, imagenet_weights, hardware, precision, note)
+    metadata = metadata_for(run_id, model, profile, history, n_test, imagenet_weights, hardware, precision, note,
+                            config_seed)
     staging = artifacts.stage_run(run_id)
     for name, frame in {"history": history, **tables}.items():
         staging.write_table(name, frame)

@@ -7,6 +7,7 @@ work folder, so a resumed run continues with exactly the same settings.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from cifar.errors import CifarError
@@ -60,6 +61,13 @@ def resolve_config(model: str, **overrides) -> RunConfig:
         weights=recipe.weights, init_from_run=None, val_size=recipe.val_size,
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if overrides.get("val_size") is None and values.get("limit_per_class"):
+        # A subset keeps the recipe's share, a tenth (5,000 of 50,000): the full
+        # 5,000 would swallow a subset of 500 per class whole.
+        values["val_size"] = min(recipe.val_size, max(10, values["limit_per_class"]))
+    if values.get("data") not in (None, "keras"):
+        # Stored absolute, so `resume` and `evaluate --recompute` find it from any directory.
+        values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
     if values["early_stopping_patience"] == 0:  # --patience 0 turns early stopping off
         values["early_stopping_patience"] = None
     if not spec.is_transfer:

@@ -80,8 +80,9 @@ with st.form("retrain"):
     limit = left.number_input("Images per class (subset)", key="retrain_limit", min_value=0, value=0,
                               step=100, help="0 trains on every image (5,000 per class).")
     val_size = right.number_input("Validation images", key="retrain_val_size", min_value=0, value=None,
-                                  step=100, placeholder="5000 (the default)",
-                                  help="Held out of the training images, so fewer than the subset.")
+                                  step=100, placeholder="the recipe's",
+                                  help="Held out of the training images. Empty: the recipe's (5,000; none "
+                                       "for fast_cnn), or a tenth of a subset.")
     seed = left.number_input("Seed", key="retrain_seed", min_value=0, value=0, step=1)
     precision = right.selectbox("Precision", PRECISIONS, key="retrain_precision")
     signed_out = policy.needs_login and not auth.current_user().get("is_logged_in")

@@ -74,3 +74,17 @@ def test_data_check_reports_counts_and_names_broken_files(tmp_path):
     (Path(data) / "train" / "cat" / "9999.png").write_bytes(b"not an image")
     broken = cli("data", "check", data, timeout=120)
     assert_one_clear_line(broken, "9999.png")
+
+
+def test_a_subset_gets_a_tenth_for_validation_and_a_relative_data_path_is_stored_absolute(tmp_path, monkeypatch):
+    from cifar.config import resolve_config
+    monkeypatch.chdir(tmp_path)
+    subset = resolve_config("cnn_regularized", data="copy/cifar10-jpeg.tar.gz", limit_per_class=500)
+    assert subset.val_size == 500, "5,000 of 5,000 kept images would leave nothing to train on"
+    assert subset.data == str(tmp_path / "copy" / "cifar10-jpeg.tar.gz")
+    assert resolve_config("cnn_regularized", limit_per_class=500, val_size=50).val_size == 50
+    assert resolve_config("cnn_regularized").val_size == 5000
+    assert resolve_config("cnn_regularized", limit_per_class=4000).val_size == 4000
+    assert resolve_config("fast_cnn", limit_per_class=500).val_size == 0, "fast_cnn trains on every image"
+    assert resolve_config("cnn_baseline").data == "keras"
+    assert resolve_config("cnn_baseline", data="~/cifar").data == os.path.expanduser("~/cifar")

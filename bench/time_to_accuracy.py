@@ -93,8 +93,9 @@ def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str]
                       annotation_text=f"{threshold:.0%}", annotation_font_size=9, annotation_position="right")
     fig.update_layout(title="CIFAR-10 accuracy against training time (2-core CPU, float32, JPEG copy)",
                       xaxis_title="training time (minutes, training batches only)", xaxis_rangemode="tozero",
-                      yaxis_title="accuracy", yaxis_tickformat=".0%", width=1100, height=600,
-                      template="plotly_white", legend=dict(x=0.99, y=0.02, xanchor="right", yanchor="bottom"))
+                      yaxis_title="accuracy", yaxis_tickformat=".0%", width=1100, height=660 + 50 * points.run_id.nunique(),
+                      template="plotly_white",  # the legend goes under the plot: inside, it hid the curves
+                      legend=dict(x=0, y=-0.12, xanchor="left", yanchor="top"))
     return fig
 
 
@@ -105,7 +106,7 @@ def save_png(fig: go.Figure, path: Path) -> None:
         fig.write_html(html, include_plotlyjs=True, full_html=True)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1120, "height": 620})
+            page = browser.new_page(viewport={"width": 1120, "height": 1400})
             page.goto(html.as_uri())
             page.wait_for_selector(".main-svg")
             page.locator(".plotly-graph-div").screenshot(path=path)

@@ -93,8 +93,9 @@ def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str]
                       annotation_text=f"{threshold:.0%}", annotation_font_size=9, annotation_position="right")
     fig.update_layout(title="CIFAR-10 accuracy against training time (2-core CPU, float32, JPEG copy)",
                       xaxis_title="training time (minutes, training batches only)", xaxis_rangemode="tozero",
-                      yaxis_title="accuracy", yaxis_tickformat=".0%", width=1100, height=660 + 50 * points.run_id.nunique(),
-                      template="plotly_white",  # the legend goes under the plot: inside, it hid the curves
+                      yaxis_title="accuracy", yaxis_tickformat=".0%", template="plotly_white",
+                      # The legend goes under the plot (inside, it hid the curves), 50 px a run.
+                      width=1100, height=660 + 50 * points.run_id.nunique(),
                       legend=dict(x=0, y=-0.12, xanchor="left", yanchor="top"))
     return fig
 

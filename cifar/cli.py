@@ -60,8 +60,9 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", dest="early_stopping_patience", type=_positive_int,
                         help="early-stopping patience in epochs (0 turns it off)")
     parser.add_argument("--limit-per-class", type=_positive_int, help="training images kept per class")
-    parser.add_argument("--val-size", type=_positive_int, help="validation images (default: the recipe's, 5000 for the study "
-                             "models, 0 for fast_cnn; with --limit-per-class, a tenth of the images kept)")
+    parser.add_argument("--val-size", type=_positive_int,
+                        help="validation images (default: the recipe's, 5000 for the study models, 0 for "
+                             "fast_cnn; with --limit-per-class, a tenth of the images kept)")
     parser.add_argument("--seed", type=_positive_int)
     parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--input-size", type=_positive_int, help="transfer models: resize input to this")

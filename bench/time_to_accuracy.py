@@ -44,8 +44,8 @@ DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
 
 def run_points(run_id: str) -> pd.DataFrame:
     """Every (training minutes, accuracy) point of one run, per epoch and final."""
-    run = artifacts.load_run(run_id)
-    history, meta = run["history"], run["metadata"]
+    # Two small tables and the metadata, not load_run's predictions and gallery too.
+    meta, history = artifacts.get_run(run_id).metadata, artifacts.read_table(run_id, "history")
     seconds = training_seconds(history)
     if "test_accuracy" in history:
         measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
@@ -57,7 +57,7 @@ def run_points(run_id: str) -> pd.DataFrame:
     final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
                            "epoch": int(history["epoch"].iloc[-1]),
                            "train_minutes": float(seconds.iloc[-1]) / 60,
-                           "accuracy": float(run["metrics"]["test_accuracy"].iloc[0]),
+                           "accuracy": float(artifacts.read_table(run_id, "metrics")["test_accuracy"].iloc[0]),
                            "measure": "test, final model"}])
     return pd.concat([points, final], ignore_index=True)
 

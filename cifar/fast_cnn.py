@@ -98,6 +98,13 @@ class _TTALayer(layers.Layer):
 
     active = True
 
+    def compute_output_shape(self, input_shape):
+        # The variants change only the batch size, which is unknown (None)
+        # whenever Keras infers shapes. Saying so spares the JAX backend from
+        # tracing a reshape of a symbolic batch into (6, -1, 10), which it
+        # cannot divide.
+        return input_shape
+
 
 @contextlib.contextmanager
 def single_view(model: keras.Model):
@@ -166,7 +173,9 @@ class LookaheadSGD(keras.optimizers.SGD):
             if average is None:
                 continue
             r = ops.cast(rho, variable.dtype)
-            average.assign(ops.where(due, r * average + (1 - r) * variable, average))
+            # .value: JAX refuses a Variable itself inside `where`.
+            slow, fast = average.value, variable.value
+            average.assign(ops.where(due, r * slow + (1 - r) * fast, slow))
 
     def finalize_variable_values(self, var_list):
         """Keras calls this at the end of every `fit`, and training calls `fit`
@@ -175,6 +184,14 @@ class LookaheadSGD(keras.optimizers.SGD):
         we keep those steps and copy back once, after the last step."""
         if int(ops.convert_to_numpy(self.iterations)) >= self.total_steps:
             super().finalize_variable_values(var_list)
+
+    def _overwrite_model_variables_with_average_value(self, trainable_variables):
+        # Assign copies: on JAX, `var.assign(average)` makes both variables share
+        # one buffer, which the next predict donates, deleting the optimizer's
+        # copy too (the model then fails to save).
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                variable.assign(ops.copy(average.value))
 
     def get_config(self):
         config = super().get_config()

@@ -38,10 +38,10 @@ from cifar.train import compile_for_training  # noqa: E402
 
 
 def measure(name: str, steps: int, precision: str, input_size: int | None, batch_size: int | None,
-            repeats: int = 3) -> dict:
+            repeats: int = 3, augment: bool | None = None) -> dict:
     keras.config.set_dtype_policy(precision)
     spec = get_spec(name)
-    overrides = {"batch_size": batch_size}
+    overrides = {"batch_size": batch_size, "augment": augment}
     if spec.is_transfer:
         overrides.update(weights="none", input_size=input_size)
     config = resolve_config(name, **overrides)
@@ -77,7 +77,7 @@ def measure(name: str, steps: int, precision: str, input_size: int | None, batch
         compute.append(time.perf_counter() - start)
     pipeline, compute = min(pipeline), min(compute)
     return {"model": name, "precision": precision, "batch_size": config.batch_size,
-            "input_size": config.input_size, "steps": steps, "repeats": repeats,
+            "input_size": config.input_size, "augment": config.augment, "steps": steps, "repeats": repeats,
             "train_images_per_s": round(n / pipeline, 1),
             "compute_only_images_per_s": round(n / compute, 1),
             "pipeline_share": round(1 - compute / pipeline, 3),
@@ -93,10 +93,13 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None, help="transfer models (default 224)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the best of each is kept")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                        help="without the recipe's augmentation (default: the recipe's setting)")
     parser.add_argument("--out", type=Path, help="append JSON lines here")
     args = parser.parse_args()
     for name in args.models:
-        row = measure(name, args.steps, args.precision, args.input_size, args.batch_size, args.repeats)
+        row = measure(name, args.steps, args.precision, args.input_size, args.batch_size, args.repeats,
+                      args.augment)
         line = json.dumps(row)
         print(line, flush=True)
         if args.out:

@@ -46,3 +46,17 @@ def test_a_label_without_run_id_is_refused_with_an_example(monkeypatch, capsys):
         tta.main()
     assert exit_info.value.code == 2
     assert "RUN_ID=TEXT" in capsys.readouterr().err
+
+
+def test_table_cells_say_seconds_under_a_minute_and_when_only_the_final_model_got_there():
+    assert tta.duration(89.94) == "89.9 min" and tta.duration(8.72 / 60) == "8.7 s"
+    points = tta.run_points(make_run("cnn_regularized", epochs=4, accuracy=0.8).run_id)
+    epochs = points.measure != "test, final model"
+    points.loc[epochs, "accuracy"] = [0.5, 0.7, 0.89, 0.88]
+    points.loc[~epochs, "accuracy"] = 0.91          # test-time augmentation lifts the final model
+    third = tta.duration(points.train_minutes.iloc[2])
+    assert tta.time_to_cell(points, 0.89) == third
+    assert tta.time_to_cell(points, 0.90) == tta.duration(points.train_minutes.iloc[-1]) + " (final model)"
+    assert tta.time_to_cell(points, 0.95) == "not reached"
+    points.loc[epochs, "accuracy"] = [0.5, 0.7, 0.89, 0.91]   # the last epoch ties the final model
+    assert tta.time_to_cell(points, 0.91) == tta.duration(points.train_minutes.iloc[3])

@@ -168,13 +168,19 @@ class LookaheadSGD(keras.optimizers.SGD):
     def _update_model_variables_moving_average(self, trainable_variables):
         step = ops.cast(self.iterations + 1, "float32")
         due = ops.equal(ops.mod(self.iterations + 1, self.every), 0)
+        first = ops.equal(self.iterations, 0)
         rho = self.base ** self.every * ops.minimum(step / self.total_steps, 1.0) ** self.power
         for variable, average in zip(trainable_variables, self._model_variables_moving_average):
             if average is None:
                 continue
             r = ops.cast(rho, variable.dtype)
-            # .value: JAX refuses a Variable itself inside `where`.
-            slow, fast = average.value, variable.value
+            # .value: JAX refuses a Variable itself inside `where`. Keras
+            # starts the averages at zero; the slow copy starts as the weights
+            # (after the first step), else the first average would shrink the
+            # weights by 1 - rho: unnoticeable in a full run, where rho is
+            # ~1e-6 then, but ruinous in a run of a few dozen steps.
+            fast = variable.value
+            slow = ops.where(first, fast, average.value)
             average.assign(ops.where(due, r * slow + (1 - r) * fast, slow))
 
     def finalize_variable_values(self, var_list):

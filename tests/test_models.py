@@ -223,6 +223,26 @@ def test_fast_cnn_learning_rate_is_airbench_triangle_and_survives_saving():
         float(keras.ops.convert_to_numpy(schedule(50))))
 
 
+def test_the_lookahead_slow_copy_starts_as_the_weights_not_at_zero():
+    """In a 5-step run the first lookahead sync is also the last, with rho =
+    0.95**5: a slow copy left at Keras' zero start would shrink the weights to
+    23% there (collapsing short runs to one constant prediction)."""
+    from cifar.config import resolve_config
+    from cifar.train import compile_for_training
+
+    model = build_model("fast_cnn", seed=0)
+    compile_for_training(model, resolve_config("fast_cnn", epochs=1, learning_rate=0.05), steps_per_epoch=5)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.eye(10)[rng.integers(0, 10, 40)]
+    kernel = model.trainable_weights[0]
+    for step in range(4):
+        model.train_on_batch(x[8 * step:8 * step + 8], y[8 * step:8 * step + 8])
+    before_sync = np.abs(np.array(kernel)).mean()
+    model.train_on_batch(x[32:], y[32:])                 # step 5: average, then copy back
+    assert int(model.optimizer.iterations) == 5
+    assert np.abs(np.array(kernel)).mean() == pytest.approx(before_sync, rel=0.05)
+
+
 def test_a_fast_cnn_checkpoint_keeps_the_lookahead_slow_copy_and_schedule(tmp_path):
     """What `resume` of a fast_cnn run relies on: the .keras checkpoint brings
     back the optimizer's step count and lookahead slow weights, not fresh ones."""

@@ -1,0 +1,54 @@
+"""The model and training code on the JAX backend, which a lent GPU machine
+has instead of TensorFlow. The backend is fixed when keras is first imported,
+so each check runs in its own process."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax  # noqa: F401  (requirements-test.txt: a missing JAX fails here, not silently)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# fast_cnn's custom pieces are what JAX is strict about: the test-time
+# augmentation layers reshape a symbolic batch, the lookahead update and its
+# final copy-back touch optimizer variables, and JAX's predict donates buffers.
+# Five steps: the lookahead averages at the fifth, which is also the last, so
+# its copy-back into the model happens inside this fit.
+FAST_CNN_ON_JAX = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+    from cifar.config import resolve_config
+    from cifar.fast_cnn import single_view
+    from cifar.models import build_model, get_spec
+    from cifar.train import compile_for_training
+
+    assert keras.backend.backend() == "jax"
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (320, 32, 32, 3), dtype=np.uint8)
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 320)]
+    model = build_model("fast_cnn", seed=0)
+    get_spec("fast_cnn").prepare(model, x)
+    compile_for_training(model, resolve_config("fast_cnn", epochs=1), steps_per_epoch=5)
+    history = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert int(model.optimizer.iterations.numpy()) == 5
+    tta = model.predict(x[:8], verbose=0)
+    with single_view(model):
+        single = model.predict(x[:8], verbose=0)
+    assert tta.shape == single.shape == (8, 10) and not np.allclose(tta, single)
+    model.save(sys.argv[1])   # optimizer state included, as a checkpoint is
+    again = keras.saving.load_model(sys.argv[1], safe_mode=True).predict(x[:8], verbose=0)
+    np.testing.assert_allclose(again, tta, rtol=1e-5, atol=1e-6)
+    print("ok")
+""")
+
+
+def test_fast_cnn_trains_predicts_with_and_without_tta_and_saves_on_jax(tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", FAST_CNN_ON_JAX, str(tmp_path / "checkpoint.keras")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

@@ -34,7 +34,8 @@ st.plotly_chart(_charts.curves(long, best, colours, metric, x_axis, shade and me
                 width="stretch")
 st.caption("Solid: validation. Dotted: training. The shaded band between them is the generalisation gap; "
            "a wide band means the model learns its training images better than new ones (overfitting). "
-           "★ marks the epoch whose weights were kept. Dashed: test accuracy after every epoch, for runs "
+           "★ marks the best validation epoch: its weights are the ones kept when the run used early "
+           "stopping; otherwise the last epoch's are. Dashed: test accuracy after every epoch, for runs "
            "trained with `--track-test` (one view per image, so below the final figure of a model with "
            "test-time augmentation; reporting only, it never picks an epoch).")
 

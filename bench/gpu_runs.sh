@@ -4,7 +4,7 @@
 # (50 epochs, early stopping), all with --track-test for time-to-accuracy.
 #
 # Usage (from the repository root, with keras + jax installed, no TensorFlow
-# needed):
+# needed; PYTHON names the interpreter, default python3):
 #   bench/gpu_runs.sh DATA OUT [DEADLINE_SECONDS]
 # DATA: a local CIFAR-10 copy (what `--data` takes). OUT: a folder that
 # receives the log, one .tgz per finished run and, for a run cut off by the
@@ -12,11 +12,17 @@
 # DEADLINE_SECONDS (default 540) so the script ends on time; fast_cnn's seeds 1
 # and 2 reuse seed 0's XLA compilations through JAX's persistent cache.
 set -u
-data=$1 out=$2 deadline=${3:-540}
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 CIFAR_ARTIFACTS=${CIFAR_ARTIFACTS:-/tmp/gpu-artifacts}
+usage="usage: bench/gpu_runs.sh DATA OUT [DEADLINE_SECONDS] (from the repository root)"
+data=${1:?$usage} out=${2:?$usage} deadline=${3:-540}
+[[ -f cifar/__main__.py ]] || { echo "run this from the repository root. $usage" >&2; exit 2; }
+# A fresh artifacts root unless one is given: the runs packed at the end are
+# only the ones this script trained.
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 CIFAR_ARTIFACTS=${CIFAR_ARTIFACTS:-$(mktemp -d)}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
 mkdir -p "$out" "$CIFAR_ARTIFACTS"
+before=$(ls "$CIFAR_ARTIFACTS/runs" "$CIFAR_ARTIFACTS/work" 2>/dev/null)
 log=$out/gpu_runs.log
+: >"$log"
 start=$SECONDS
 python=${PYTHON:-python3}
 
@@ -39,12 +45,13 @@ train fast_cnn --precision mixed_bfloat16 --seed 1
 train fast_cnn --precision mixed_bfloat16 --seed 2
 train cnn_regularized
 
+new() { [[ -d $1 ]] && ! grep -qxF "$(basename "$1")" <<<"$before"; }
 for dir in "$CIFAR_ARTIFACTS"/runs/*; do
-    [[ -d $dir ]] && tar -czf "$out/$(basename "$dir").tgz" -C "$(dirname "$dir")" "$(basename "$dir")"
+    new "$dir" && tar -czf "$out/$(basename "$dir").tgz" -C "$(dirname "$dir")" "$(basename "$dir")"
 done
 # A run cut off by the deadline: its history so far (its checkpoint, with the
 # optimizer's state, is too large to bring back from a lent machine).
 for dir in "$CIFAR_ARTIFACTS"/work/*; do
-    [[ -f $dir/state.json ]] && cp "$dir/state.json" "$out/unfinished-$(basename "$dir").json"
+    new "$dir" && [[ -f $dir/state.json ]] && cp "$dir/state.json" "$out/unfinished-$(basename "$dir").json"
 done
 grep -v "^\s*$" "$log" | grep -E "^==|test accuracy|error|Error|skipped|jax |NVIDIA" | tail -40

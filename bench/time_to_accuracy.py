@@ -20,9 +20,10 @@ itself does not record (which recipe version it trained, say).
 Writes OUT.csv (every plotted point) and OUT.png (the chart, drawn by
 headless Chromium through Playwright: test-only packages, see
 requirements-test.txt), and prints a markdown table of the training minutes
-each run took to first reach each threshold ("(final model)" where only the
-final model, with fast_cnn's test-time augmentation, reached it; seconds
-under a minute).
+each run took to first reach each threshold: "(final model)" where only the
+final model reached it (fast_cnn's test-time augmentation; or, for a run
+without `--track-test`, its test figure where the epochs' validation figures
+stayed below), seconds under a minute; `--label` text follows the run id.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def main() -> None:
     for run_id, run in points.groupby("run_id", sort=False):
         cells = [time_to_cell(run, t) for t in args.thresholds]
         final = run[run.measure == "test, final model"].iloc[0]
-        print(f"| `{run_id}` | {final.model} | {final.epoch} | " + " | ".join(cells)
+        name = f"`{run_id}`" + (f" ({labels[run_id]})" if run_id in labels else "")
+        print(f"| {name} | {final.model} | {final.epoch} | " + " | ".join(cells)
               + f" | {final.accuracy:.4f} | {duration(final.train_minutes)} |")
     print(f"wrote {args.out.with_suffix('.csv')} and {args.out.with_suffix('.png')}")
 

@@ -176,9 +176,11 @@ class LookaheadSGD(keras.optimizers.SGD):
             r = ops.cast(rho, variable.dtype)
             # .value: JAX refuses a Variable itself inside `where`. Keras
             # starts the averages at zero; the slow copy starts as the weights
-            # (after the first step), else the first average would shrink the
+            # (after the first step), else the first average would scale the
             # weights by 1 - rho: unnoticeable in a full run, where rho is
-            # ~1e-6 then, but ruinous in a run of a few dozen steps.
+            # ~1e-6 then, but ruinous in a run of a few dozen steps. (Setting
+            # it in build() does not work on TensorFlow, which builds the
+            # optimizer inside the traced train step.)
             fast = variable.value
             slow = ops.where(first, fast, average.value)
             average.assign(ops.where(due, r * slow + (1 - r) * fast, slow))
@@ -194,7 +196,12 @@ class LookaheadSGD(keras.optimizers.SGD):
     def _overwrite_model_variables_with_average_value(self, trainable_variables):
         # Assign copies: on JAX, `var.assign(average)` makes both variables share
         # one buffer, which the next predict donates, deleting the optimizer's
-        # copy too (the model then fails to save).
+        # copy too (the model then fails to save). Replaces Keras' version on
+        # every backend, tf.distribute handling included: training here runs
+        # on one device, without a distribution strategy.
+        if len(trainable_variables) != len(self._model_variables_moving_average):
+            raise ValueError(f"{len(trainable_variables)} model variables, but the optimizer holds "
+                             f"{len(self._model_variables_moving_average)} averages: was it built for this model?")
         for variable, average in zip(trainable_variables, self._model_variables_moving_average):
             if average is not None:
                 variable.assign(ops.copy(average.value))

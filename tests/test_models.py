@@ -235,7 +235,9 @@ def test_the_lookahead_slow_copy_starts_as_the_weights_not_at_zero():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.eye(10)[rng.integers(0, 10, 40)]
     kernel = model.trainable_weights[0]
-    for step in range(4):
+    model.train_on_batch(x[:8], y[:8])
+    np.testing.assert_array_equal(np.array(model.optimizer._model_variables_moving_average[0]), np.array(kernel))
+    for step in range(1, 4):
         model.train_on_batch(x[8 * step:8 * step + 8], y[8 * step:8 * step + 8])
     before_sync = np.abs(np.array(kernel)).mean()
     model.train_on_batch(x[32:], y[32:])                 # step 5: average, then copy back

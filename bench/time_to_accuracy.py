@@ -43,6 +43,7 @@ from cifar.dashboard import training_seconds  # noqa: E402
 from tests.fixture_runs import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser the tests use)
 
 DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
+FINAL = "test, final model"  # the `measure` of a run's last point: its shipped model
 
 
 def run_points(run_id: str) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def run_points(run_id: str) -> pd.DataFrame:
                            "epoch": int(history["epoch"].iloc[-1]),
                            "train_minutes": float(seconds.iloc[-1]) / 60,
                            "accuracy": float(artifacts.read_table(run_id, "metrics")["test_accuracy"].iloc[0]),
-                           "measure": "test, final model"}])
+                           "measure": FINAL}])
     return pd.concat([points, final], ignore_index=True)
 
 
@@ -87,7 +88,7 @@ def time_to_cell(points: pd.DataFrame, threshold: float) -> str:
     first = first_reached(points, threshold)
     if first is None:
         return "not reached"
-    return duration(first.train_minutes) + (" (final model)" if first.measure == "test, final model" else "")
+    return duration(first.train_minutes) + (" (final model)" if first.measure == FINAL else "")
 
 
 def run_label(run: pd.DataFrame, extra: str | None = None) -> str:
@@ -103,8 +104,8 @@ def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str]
     palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
     for (run_id, run), colour in zip(points.groupby("run_id", sort=False), palette * 10):
         label = run_label(run, (labels or {}).get(run_id))
-        curve = run[run.measure != "test, final model"]
-        final = run[run.measure == "test, final model"]
+        curve = run[run.measure != FINAL]
+        final = run[run.measure == FINAL]
         fig.add_trace(go.Scatter(x=curve.train_minutes, y=curve.accuracy, mode="lines+markers",
                                  line=dict(color=colour), name=f"{label}: {curve.measure.iloc[0]}",
                                  legendgroup=run_id))
@@ -164,7 +165,7 @@ def main() -> None:
     print("|---" * (len(args.thresholds) + 5) + "|")
     for run_id, run in points.groupby("run_id", sort=False):
         cells = [time_to_cell(run, t) for t in args.thresholds]
-        final = run[run.measure == "test, final model"].iloc[0]
+        final = run[run.measure == FINAL].iloc[0]
         name = f"`{run_id}`" + (f" ({labels[run_id]})" if run_id in labels else "")
         print(f"| {name} | {final.model} | {final.epoch} | " + " | ".join(cells)
               + f" | {final.accuracy:.4f} | {duration(final.train_minutes)} |")

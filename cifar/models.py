@@ -116,6 +116,32 @@ def _augmentation(seed: int | None = None) -> keras.Sequential:
     ], name="augmentation")
 
 
+# Keras marks its geometric augmentation layers supports_jit=False (for
+# TensorFlow's XLA), and a model holding one is then never compiled: on JAX
+# every training step runs op by op. cnn_regularized trained at 255 images/s
+# on an H200 that way (docs/BENCHMARKS.md). Their JAX code is plain jax.numpy
+# and jits, so on JAX we let such a model be compiled.
+JITTABLE_ON_JAX = (layers.RandomRotation, layers.RandomTranslation)
+
+
+def allow_jit_on_jax(model: keras.Model) -> None:
+    """On JAX, compile the steps of a compiled `model` whose only unjittable layers are JITTABLE_ON_JAX."""
+    if keras.backend.backend() != "jax":
+        return
+    every = list(_all_layers(model))
+    for layer in every:
+        if isinstance(layer, JITTABLE_ON_JAX):
+            layer.supports_jit = True
+    if all(layer.supports_jit for layer in every):
+        model.jit_compile = True  # compile() resolved it before the layers were marked
+
+
+def _all_layers(layer: keras.layers.Layer):
+    yield layer
+    for inner in getattr(layer, "layers", ()):
+        yield from _all_layers(inner)
+
+
 def _classifier_output(x):
     # float32 softmax keeps probabilities exact under mixed precision.
     return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="predictions")(x)

@@ -29,7 +29,7 @@ from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
 from cifar.evaluate import evaluate
 from cifar.fast_cnn import WarmupLinearDecay, single_view
-from cifar.models import build_model, count_params, describe, get_spec
+from cifar.models import allow_jit_on_jax, build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
 
 STATE_FILE = "state.json"
@@ -228,6 +228,7 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
         except Exception as exc:
             raise RunError(f"checkpoint {path} cannot be loaded ({exc}); start a new run") from exc
         _check_same_network(model, config, work)
+        allow_jit_on_jax(model)  # load_model compiled it with the jit setting of its save
         return model, state.get("source", {})
     spec = get_spec(config.model)
     source = {"weights": config.weights}
@@ -276,6 +277,7 @@ def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch:
     model.compile(optimizer=_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=["accuracy"])
+    allow_jit_on_jax(model)
 
 
 def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:

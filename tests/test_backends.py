@@ -46,12 +46,51 @@ FAST_CNN_ON_JAX = textwrap.dedent("""
 """)
 
 
-def test_fast_cnn_trains_predicts_with_and_without_tta_and_saves_on_jax(tmp_path):
+def _run_on_jax(script: str, *args) -> subprocess.CompletedProcess:
     assert importlib.util.find_spec("jax"), "JAX is missing: pip install -r requirements-test.txt"
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    try:   # about 40 s on a busy 2-core CPU
-        result = subprocess.run([sys.executable, "-c", FAST_CNN_ON_JAX, str(tmp_path / "checkpoint.keras")],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    try:   # about 40 s each on a busy 2-core CPU
+        return subprocess.run([sys.executable, "-c", script, *map(str, args)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"fast_cnn on JAX ran over 300 s; its output so far:\n{exc.stderr}") from exc
+        raise AssertionError(f"the JAX check ran over 300 s; its output so far:\n{exc.stderr}") from exc
+
+
+def test_fast_cnn_trains_predicts_with_and_without_tta_and_saves_on_jax(tmp_path):
+    result = _run_on_jax(FAST_CNN_ON_JAX, tmp_path / "checkpoint.keras")
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]
+
+
+# Keras never jits a model holding RandomRotation/RandomTranslation, which on
+# JAX ran cnn_regularized op by op (120x slower on a GPU). allow_jit_on_jax
+# lifts that, for a new model and for one a checkpoint restores; the
+# augmentation must still draw new transforms at every jitted step.
+REGULARIZED_JITS_ON_JAX = textwrap.dedent("""
+    import sys
+    import keras
+    import numpy as np
+    from cifar.config import resolve_config
+    from cifar.models import allow_jit_on_jax, build_model
+    from cifar.train import compile_for_training
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
+    y = np.eye(10, dtype="float32")[rng.integers(0, 10, 128)]
+    model = build_model("cnn_regularized", seed=0)
+    compile_for_training(model, resolve_config("cnn_regularized", epochs=1), steps_per_epoch=2)
+    assert model.jit_compile is True, "cnn_regularized is not jitted on JAX"
+    rotation = model.get_layer("augmentation").layers[0]
+    seed_before = np.array(rotation.generator.state.numpy())
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    assert not np.array_equal(seed_before, rotation.generator.state.numpy()), "augmentation seed frozen"
+    model.save(sys.argv[1])
+    restored = keras.saving.load_model(sys.argv[1], safe_mode=True)
+    allow_jit_on_jax(restored)
+    assert restored.jit_compile is True, "a restored cnn_regularized is not jitted on JAX"
+    print("ok")
+""")
+
+
+def test_cnn_regularized_is_jitted_on_jax_despite_its_augmentation_layers(tmp_path):
+    result = _run_on_jax(REGULARIZED_JITS_ON_JAX, tmp_path / "checkpoint.keras")
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-4000:]

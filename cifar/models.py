@@ -94,7 +94,9 @@ def build_model(name: str, *, input_size: int | None = None, weights: str | None
     if spec.is_transfer:
         kwargs["input_size"] = input_size or spec.recipe.input_size
         kwargs["weights"] = weights if weights is not None else spec.recipe.weights
-    return spec.builder(**kwargs)
+    model = spec.builder(**kwargs)
+    allow_jit_on_jax(model)
+    return model
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -125,7 +127,8 @@ JITTABLE_ON_JAX = (layers.RandomRotation, layers.RandomTranslation)
 
 
 def allow_jit_on_jax(model: keras.Model) -> None:
-    """On JAX, compile the steps of a compiled `model` whose only unjittable layers are JITTABLE_ON_JAX."""
+    """On JAX, jit the steps of `model` (training, evaluation, prediction) when its only
+    unjittable layers are JITTABLE_ON_JAX. Needed after building, loading and compiling."""
     if keras.backend.backend() != "jax":
         return
     every = list(_all_layers(model))
@@ -133,7 +136,7 @@ def allow_jit_on_jax(model: keras.Model) -> None:
         if isinstance(layer, JITTABLE_ON_JAX):
             layer.supports_jit = True
     if all(layer.supports_jit for layer in every):
-        model.jit_compile = True  # compile() resolved it before the layers were marked
+        model.jit_compile = True  # compile() or load_model() may have resolved it already
 
 
 def _all_layers(layer: keras.layers.Layer):

@@ -248,6 +248,7 @@ def load_model_from_path(path: str | Path):
     if tuple(model.output_shape)[-1:] != (NUM_CLASSES,):
         raise RunError(f"model file {path} outputs shape {model.output_shape}, not {NUM_CLASSES} "
                        "class probabilities; it is not a CIFAR-10 classifier from this project.")
+    cifar.models.allow_jit_on_jax(model)
     return model
 
 

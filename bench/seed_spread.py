@@ -28,9 +28,11 @@ def seed_table(run_ids: list[str]) -> pd.DataFrame:
     """One row per run: run_id, model, seed, test_accuracy, train_minutes."""
     rows = []
     for run_id in run_ids:
-        meta = artifacts.get_run(run_id).metadata  # and the metrics table: not the whole run's tables
+        # The run's record is enough (runs trained on a lent GPU come back without model.keras).
+        meta = artifacts.get_run(run_id, without_model=True).metadata
+        metrics = artifacts.read_table(run_id, "metrics", without_model=True)
         rows.append({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
-                     "test_accuracy": float(artifacts.read_table(run_id, "metrics")["test_accuracy"].iloc[0]),
+                     "test_accuracy": float(metrics["test_accuracy"].iloc[0]),
                      "train_minutes": float(meta.get("train_seconds") or 0) / 60})
     return pd.DataFrame(rows)
 

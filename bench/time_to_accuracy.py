@@ -39,29 +39,39 @@ import plotly.graph_objects as go
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar import artifacts  # noqa: E402
+from cifar.errors import RunError  # noqa: E402
 from cifar.dashboard import training_seconds  # noqa: E402
 from tests.fixture_runs import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser the tests use)
 
 DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
 FINAL = "test, final model"  # the `measure` of a run's last point: its shipped model
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",  # one colour a run
+           "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 def run_points(run_id: str) -> pd.DataFrame:
     """Every (training minutes, accuracy) point of one run, per epoch and final."""
-    # Two small tables and the metadata, not load_run's predictions and gallery too.
-    meta, history = artifacts.get_run(run_id).metadata, artifacts.read_table(run_id, "history")
+    # Two small tables and the metadata, not load_run's predictions and gallery too; no
+    # model file needed (runs trained on a lent GPU come back without model.keras).
+    meta = artifacts.get_run(run_id, without_model=True).metadata
+    history = artifacts.read_table(run_id, "history", without_model=True)
+    metrics = artifacts.read_table(run_id, "metrics", without_model=True)
     seconds = training_seconds(history)
     if "test_accuracy" in history:
         measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
     else:
         measure, accuracy = "validation, after each epoch", history["val_accuracy"]
-    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
+    environment = meta.get("environment", {})
+    where = {"machine": environment.get("hardware", {}).get("label", "?"),
+             "backend": environment.get("backend", "?"), "precision": meta["config"].get("precision", "?"),
+             "data": meta.get("data", {}).get("description", "?")}
+    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"), **where,
                            "epoch": history["epoch"],
                            "train_minutes": seconds / 60, "accuracy": accuracy, "measure": measure})
-    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
+    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"), **where,
                            "epoch": int(history["epoch"].iloc[-1]),
                            "train_minutes": float(seconds.iloc[-1]) / 60,
-                           "accuracy": float(artifacts.read_table(run_id, "metrics")["test_accuracy"].iloc[0]),
+                           "accuracy": float(metrics["test_accuracy"].iloc[0]),
                            "measure": FINAL}])
     return pd.concat([points, final], ignore_index=True)
 
@@ -99,24 +109,30 @@ def run_label(run: pd.DataFrame, extra: str | None = None) -> str:
     return f"{first.model}{seed}{extra} (-{first.run_id.rsplit('-', 1)[-1]}, {run.epoch.max()} epochs)"
 
 
+def setting(points: pd.DataFrame) -> str:
+    """Where the runs trained, for the chart's subtitle: machine, backend, precision, data."""
+    return " · ".join(" / ".join(points[column].unique()) for column in ("machine", "backend", "precision", "data"))
+
+
 def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
-    palette = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
-    for (run_id, run), colour in zip(points.groupby("run_id", sort=False), palette * 10):
+    # Seconds for runs that all end within two minutes (a GPU's), minutes otherwise.
+    scale, unit = (60, "seconds") if points.train_minutes.max() < 2 else (1, "minutes")
+    for (run_id, run), colour in zip(points.groupby("run_id", sort=False), PALETTE * 10):
         label = run_label(run, (labels or {}).get(run_id))
         curve = run[run.measure != FINAL]
         final = run[run.measure == FINAL]
-        fig.add_trace(go.Scatter(x=curve.train_minutes, y=curve.accuracy, mode="lines+markers",
+        fig.add_trace(go.Scatter(x=curve.train_minutes * scale, y=curve.accuracy, mode="lines+markers",
                                  line=dict(color=colour), name=f"{label}: {curve.measure.iloc[0]}",
                                  legendgroup=run_id))
-        fig.add_trace(go.Scatter(x=final.train_minutes, y=final.accuracy, mode="markers",
+        fig.add_trace(go.Scatter(x=final.train_minutes * scale, y=final.accuracy, mode="markers",
                                  marker=dict(symbol="star", size=16, color=colour, line=dict(width=1, color="black")),
                                  name=f"{label}: final test {final.accuracy.iloc[0]:.2%}", legendgroup=run_id))
     for threshold in thresholds:  # labelled outside the plot, right: the y-axis has its own "90%"
         fig.add_hline(y=threshold, line=dict(color="#999", width=1, dash="dot"),
                       annotation_text=f"{threshold:.0%}", annotation_font_size=9, annotation_position="right")
-    fig.update_layout(title="CIFAR-10 accuracy against training time (2-core CPU, float32, JPEG copy)",
-                      xaxis_title="training time (minutes, training batches only)", xaxis_rangemode="tozero",
+    fig.update_layout(title=f"CIFAR-10 accuracy against training time<br><sup>{setting(points)}</sup>",
+                      xaxis_title=f"training time ({unit}, training batches only)", xaxis_rangemode="tozero",
                       yaxis_title="accuracy", yaxis_tickformat=".0%", template="plotly_white",
                       # The legend goes under the plot (inside, it hid the curves), 50 px a run.
                       width=1100, height=660 + 50 * points.run_id.nunique(),
@@ -155,7 +171,10 @@ def main() -> None:
     run_ids = args.runs or [newest[model] for model in DEFAULT_MODELS if model in newest]
     if not run_ids:
         sys.exit(f"no runs of {', '.join(DEFAULT_MODELS)} under {artifacts.runs_dir()}")
-    points = pd.concat([run_points(run_id) for run_id in run_ids], ignore_index=True)
+    try:
+        points = pd.concat([run_points(run_id) for run_id in run_ids], ignore_index=True)
+    except RunError as error:
+        sys.exit(f"error: {error}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     points.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
     save_png(figure(points, args.thresholds, labels), args.out.with_suffix(".png"))

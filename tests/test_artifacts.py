@@ -5,6 +5,7 @@ import pytest
 
 from cifar import artifacts
 from cifar.errors import RunError
+from fixture_runs import make_run
 
 
 def _publish_minimal(run_id):
@@ -80,3 +81,13 @@ def test_damaged_table_raises_a_clear_error():
 def test_run_ids_cannot_escape_the_root(bad):
     with pytest.raises(RunError):
         artifacts.run_dir(bad)
+
+
+def test_a_run_without_its_model_file_is_incomplete_except_for_readers_of_its_record():
+    run = make_run("cnn_baseline", epochs=2)
+    artifacts.model_path(run.run_id).unlink()
+    with pytest.raises(RunError, match="incomplete run, missing model.keras"):
+        artifacts.get_run(run.run_id)
+    assert run.run_id not in [r.run_id for r in artifacts.list_runs()]   # the dashboard skips it
+    assert artifacts.get_run(run.run_id, without_model=True).metadata["model"] == "cnn_baseline"
+    assert len(artifacts.read_table(run.run_id, "history", without_model=True)) == 2

@@ -60,3 +60,26 @@ def test_table_cells_say_seconds_under_a_minute_and_when_only_the_final_model_go
     assert tta.time_to_cell(points, 0.95) == "not reached"
     points.loc[epochs, "accuracy"] = [0.5, 0.7, 0.89, 0.91]   # the last epoch ties the final model
     assert tta.time_to_cell(points, 0.91) == tta.duration(points.train_minutes.iloc[3])
+
+
+def test_runs_copied_without_their_model_file_are_still_plotted_and_the_cli_refuses_unknown_runs(
+        monkeypatch, capsys):
+    run = make_run("cnn_regularized", epochs=3)
+    artifacts.model_path(run.run_id).unlink()      # as runs come back from a lent GPU
+    assert len(tta.run_points(run.run_id)) == 4
+    monkeypatch.setattr(sys, "argv", ["time_to_accuracy", "20991231T000000Z-fast_cnn-0000"])
+    with pytest.raises(SystemExit) as exit_info:
+        tta.main()
+    assert "error: no run '20991231T000000Z-fast_cnn-0000'" in str(exit_info.value.code)
+
+
+def test_the_chart_says_where_the_runs_trained_and_uses_seconds_for_runs_under_two_minutes():
+    points = tta.run_points(make_run("cnn_baseline", epochs=3).run_id)
+    meta = artifacts.get_run(points.run_id.iloc[0]).metadata
+    for part in (meta["environment"]["hardware"]["label"], meta["environment"]["backend"],
+                 meta["config"]["precision"], meta["data"]["description"]):
+        assert part in tta.setting(points)
+    slow = tta.figure(points.assign(train_minutes=points.train_minutes + 5), [0.9])
+    fast = tta.figure(points.assign(train_minutes=points.train_minutes / 1000), [0.9])
+    assert "minutes" in slow.layout.xaxis.title.text and "seconds" in fast.layout.xaxis.title.text
+    assert fast.data[0].x[0] == pytest.approx(points.train_minutes.iloc[0] / 1000 * 60)

@@ -29,8 +29,8 @@ def seed_table(run_ids: list[str]) -> pd.DataFrame:
     rows = []
     for run_id in run_ids:
         # The run's record is enough (runs trained on a lent GPU come back without model.keras).
-        meta = artifacts.get_run(run_id, without_model=True).metadata
-        metrics = artifacts.read_table(run_id, "metrics", without_model=True)
+        meta = artifacts.get_run(run_id, allow_missing_model=True).metadata
+        metrics = artifacts.read_table(run_id, "metrics", allow_missing_model=True)
         rows.append({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),
                      "test_accuracy": float(metrics["test_accuracy"].iloc[0]),
                      "train_minutes": float(meta.get("train_seconds") or 0) / 60})

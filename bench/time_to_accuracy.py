@@ -4,11 +4,14 @@
                                      [--label RUN_ID=TEXT ...] [--out docs/time_to_accuracy]
 
 Without run ids it takes the newest run of fast_cnn, cnn_regularized and
-cnn_baseline under the artifacts root (`$CIFAR_ARTIFACTS`, default artifacts/).
+cnn_baseline under the artifacts root (`$CIFAR_ARTIFACTS`, default artifacts/)
+among complete runs; runs copied without their model.keras (from a lent GPU)
+are read when named.
 For each run, one point per epoch:
-- x: minutes spent in training batches so far (history `train_seconds_total`,
+- x: time spent in training batches so far (history `train_seconds_total`,
   or the sum of the epochs' `seconds` for runs from before it existed):
-  no evaluation, saving or start-up, as airbench counts its time;
+  no evaluation, saving or start-up, as airbench counts its time; in
+  minutes, or in seconds when every run ends within two minutes (a GPU's);
 - y: the test accuracy measured after that epoch when the run was trained
   with `--track-test` (one view per image), otherwise the validation accuracy
   (held-out training images, never seen in training);
@@ -45,6 +48,7 @@ from tests.fixture_runs import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the brows
 
 DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
 FINAL = "test, final model"  # the `measure` of a run's last point: its shipped model
+SECONDS_BELOW = 2  # minutes: shorter times are shown in seconds, in the table and on the chart
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",  # one colour a run
            "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -53,14 +57,17 @@ def run_points(run_id: str) -> pd.DataFrame:
     """Every (training minutes, accuracy) point of one run, per epoch and final."""
     # Two small tables and the metadata, not load_run's predictions and gallery too; no
     # model file needed (runs trained on a lent GPU come back without model.keras).
-    meta = artifacts.get_run(run_id, without_model=True).metadata
-    history = artifacts.read_table(run_id, "history", without_model=True)
-    metrics = artifacts.read_table(run_id, "metrics", without_model=True)
+    meta = artifacts.get_run(run_id, allow_missing_model=True).metadata
+    history = artifacts.read_table(run_id, "history", allow_missing_model=True)
+    metrics = artifacts.read_table(run_id, "metrics", allow_missing_model=True)
     seconds = training_seconds(history)
     if "test_accuracy" in history:
         measure, accuracy = "test, single view, after each epoch", history["test_accuracy"]
-    else:
+    elif "val_accuracy" in history:
         measure, accuracy = "validation, after each epoch", history["val_accuracy"]
+    else:  # fast_cnn trains on all 50,000 images: no validation split
+        raise RunError(f"run {run_id} has no accuracy per epoch (no validation split, no --track-test): "
+                       f"train it again with --track-test to plot it")
     environment = meta.get("environment", {})
     where = {"machine": environment.get("hardware", {}).get("label", "?"),
              "backend": environment.get("backend", "?"), "precision": meta["config"].get("precision", "?"),
@@ -89,8 +96,8 @@ def time_to(points: pd.DataFrame, threshold: float) -> float | None:
 
 
 def duration(minutes: float) -> str:
-    """Minutes as the table shows them; seconds under a minute (GPU runs)."""
-    return f"{minutes:.1f} min" if minutes >= 1 else f"{minutes * 60:.1f} s"
+    """Minutes as the table shows them; seconds under two minutes (GPU runs), as the chart."""
+    return f"{minutes:.1f} min" if minutes >= SECONDS_BELOW else f"{minutes * 60:.1f} s"
 
 
 def time_to_cell(points: pd.DataFrame, threshold: float) -> str:
@@ -117,9 +124,11 @@ def setting(points: pd.DataFrame) -> str:
 def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
     # Seconds for runs that all end within two minutes (a GPU's), minutes otherwise.
-    scale, unit = (60, "seconds") if points.train_minutes.max() < 2 else (1, "minutes")
+    scale, unit = (60, "seconds") if points.train_minutes.max() < SECONDS_BELOW else (1, "minutes")
+    mixed_precision = points.precision.nunique() > 1  # then each legend entry says its own
     for (run_id, run), colour in zip(points.groupby("run_id", sort=False), PALETTE * 10):
-        label = run_label(run, (labels or {}).get(run_id))
+        extra = [(labels or {}).get(run_id)] + ([run.precision.iloc[0]] if mixed_precision else [])
+        label = run_label(run, ", ".join(filter(None, extra)) or None)
         curve = run[run.measure != FINAL]
         final = run[run.measure == FINAL]
         fig.add_trace(go.Scatter(x=curve.train_minutes * scale, y=curve.accuracy, mode="lines+markers",

@@ -187,13 +187,13 @@ class RunInfo:
         return self.metadata.get("model", "?")
 
 
-def _inspect(path: Path, without_model: bool = False) -> RunInfo | Skipped:
+def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped:
     name = path.name
     if not path.is_dir():
         return Skipped(name, "not a folder")
     if not _RUN_ID.match(name):
         return Skipped(name, "folder name is not a run id")
-    required = [f for f in REQUIRED_FILES if not (without_model and f == MODEL_FILE)]
+    required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
     missing = [f for f in required if not (path / f).is_file()]
     if missing:
         return Skipped(name, f"incomplete run, missing {', '.join(missing)}")
@@ -235,22 +235,22 @@ def runs_signature() -> tuple:
     return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in base.iterdir()))
 
 
-def get_run(run_id: str, *, without_model: bool = False) -> RunInfo:
-    """A complete run; `without_model` also accepts a copy of its record without
+def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
+    """A complete run; with `allow_missing_model`, also a copy of its record without
     model.keras (what benchmarks read of runs whose weights stayed on a lent machine)."""
     path = run_dir(run_id)
     if not path.exists():
         raise RunError(f"no run '{run_id}' under {runs_dir()}. List runs with: python -m cifar runs")
-    found = _inspect(path, without_model)
+    found = _inspect(path, allow_missing_model)
     if isinstance(found, Skipped):
         raise RunError(f"run '{run_id}' cannot be read: {found.reason}")
     return found
 
 
-def read_table(run_id: str, name: str, *, without_model: bool = False) -> pd.DataFrame:
+def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> pd.DataFrame:
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; known: {TABLES}")
-    path = get_run(run_id, without_model=without_model).path / f"{name}.parquet"
+    path = get_run(run_id, allow_missing_model=allow_missing_model).path / f"{name}.parquet"
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for damaged files

@@ -235,7 +235,7 @@ def load_model_from_path(path: str | Path):
     """Load a saved `.keras` model without ever running code stored in it."""
     import keras  # lazy: decoding images must not pay for importing TensorFlow
 
-    import cifar.models  # noqa: F401  the registry imports every model's custom layers, registering them
+    import cifar.models  # the registry imports every model's custom layers, registering them
 
     path = Path(path)
     if not path.is_file():

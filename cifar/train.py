@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -224,11 +225,15 @@ def _model_for(config: RunConfig, state: dict, work, x_train: np.ndarray) -> tup
     if state:
         path = work / state["checkpoint"]
         try:
-            model = keras.saving.load_model(path, safe_mode=True)
+            with warnings.catch_warnings():
+                # A checkpoint saved jitted on JAX is recompiled before allow_jit_on_jax can mark
+                # its fresh augmentation layers, so Keras warns that it drops jit: we restore it.
+                warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile=True`")
+                model = keras.saving.load_model(path, safe_mode=True)
         except Exception as exc:
             raise RunError(f"checkpoint {path} cannot be loaded ({exc}); start a new run") from exc
         _check_same_network(model, config, work)
-        allow_jit_on_jax(model)  # load_model compiled it with the jit setting of its save
+        allow_jit_on_jax(model)
         return model, state.get("source", {})
     spec = get_spec(config.model)
     source = {"weights": config.weights}
@@ -277,7 +282,6 @@ def compile_for_training(model: keras.Model, config: RunConfig, steps_per_epoch:
     model.compile(optimizer=_optimizer(config, steps_per_epoch),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=["accuracy"])
-    allow_jit_on_jax(model)
 
 
 def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from bench import seed_spread
+from cifar import artifacts
 from fixture_runs import make_run
 
 
@@ -26,6 +27,13 @@ def test_mean_spread_and_gap_of_three_seeds(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"3 seeds of cnn_regularized: mean {s['mean']:.4f}" in out
     assert "points short of 94.00%" in out
+
+
+def test_seeds_copied_without_their_model_files_are_still_counted():
+    runs = [make_run("cnn_baseline", seed=20 + i, minutes_after_start=i, config_seed=i).run_id for i in range(2)]
+    for run_id in runs:
+        artifacts.model_path(run_id).unlink()          # as runs come back from a lent GPU
+    assert list(seed_spread.seed_table(runs).seed) == [0, 1]
 
 
 def test_runs_that_are_not_seeds_of_one_recipe_are_refused(monkeypatch):

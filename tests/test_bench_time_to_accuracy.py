@@ -3,10 +3,12 @@ BENCHMARKS' time-to-accuracy table and the README's plot."""
 
 import sys
 
+import pandas as pd
 import pytest
 
 from bench import time_to_accuracy as tta
 from cifar import artifacts
+from cifar.errors import RunError
 from fixture_runs import make_run
 
 
@@ -83,3 +85,19 @@ def test_the_chart_says_where_the_runs_trained_and_uses_seconds_for_runs_under_t
     fast = tta.figure(points.assign(train_minutes=points.train_minutes / 1000), [0.9])
     assert "minutes" in slow.layout.xaxis.title.text and "seconds" in fast.layout.xaxis.title.text
     assert fast.data[0].x[0] == pytest.approx(points.train_minutes.iloc[0] / 1000 * 60)
+
+
+def test_a_run_with_no_accuracy_per_epoch_gets_a_clear_error():
+    run = make_run("cnn_baseline", epochs=2)
+    path = artifacts.run_dir(run.run_id) / "history.parquet"   # like fast_cnn without --track-test
+    pd.read_parquet(path).drop(columns=["val_accuracy"]).to_parquet(path)
+    with pytest.raises(RunError, match="train it again with --track-test"):
+        tta.run_points(run.run_id)
+
+
+def test_each_legend_entry_names_its_precision_only_when_the_runs_differ():
+    bf16 = tta.run_points(make_run("cnn_baseline", epochs=2, precision="mixed_bfloat16").run_id)
+    f32 = tta.run_points(make_run("cnn_regularized", epochs=2, minutes_after_start=1).run_id)
+    mixed = tta.figure(pd.concat([bf16, f32]), [0.9])
+    assert "mixed_bfloat16" in mixed.data[0].name and "float32" in mixed.data[2].name
+    assert "float32" not in tta.figure(f32, [0.9]).data[0].name

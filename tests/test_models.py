@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -271,3 +272,11 @@ def test_a_fast_cnn_checkpoint_keeps_the_lookahead_slow_copy_and_schedule(tmp_pa
     assert any(not np.allclose(a, np.array(w)) for a, w in zip(slow, model.trainable_weights)), \
         "mid-period, the slow copy differs from the weights"
     assert float(restored.optimizer.learning_rate) == pytest.approx(float(model.optimizer.learning_rate))
+
+
+def test_allow_jit_on_jax_leaves_tensorflow_models_as_keras_builds_them():
+    assert keras.backend.backend() == "tensorflow"
+    model = build_model("cnn_regularized")
+    rotation = model.get_layer("augmentation").layers[0]
+    assert isinstance(rotation, keras.layers.RandomRotation) and rotation.supports_jit is False
+    assert model.jit_compile is False     # Keras' own choice for these layers on TensorFlow

@@ -32,8 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar import CLASS_NAMES  # noqa: E402
 from cifar.data import load_cifar10  # noqa: E402
@@ -59,28 +58,29 @@ def main(argv=None) -> int:
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     try:
+        data = load_cifar10(args.data)
+    except CifarError as error:
+        sys.exit(f"error: {error}")
+    try:
         import airbench
         import torch
     except ImportError as error:
         sys.exit(f"error: {error}. This benchmark needs `pip install airbench torch torchvision`.")
     if not torch.cuda.is_available():
         sys.exit("error: airbench94 needs a CUDA GPU and torch sees none.")
-    try:
-        data = load_cifar10(args.data)
-    except CifarError as error:
-        sys.exit(f"error: {error}")
     with tempfile.TemporaryDirectory(prefix="airbench-") as scratch:
         workdir = Path(args.workdir or scratch).resolve()
         write_airbench_data(data, workdir / "cifar10")
+        caller = Path.cwd()
         os.chdir(workdir)  # airbench's loaders read the relative path 'cifar10'
         try:
             accuracies, seconds = train_runs(airbench, torch, args.runs)
         finally:
-            os.chdir(ROOT)  # leave the folder before it is removed
+            os.chdir(caller)  # and leave the folder before it is removed
     print(f"data: {data.description}, fingerprint {data.fingerprint}")
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
     print(f"mean test accuracy {statistics.mean(accuracies):.4f}, sd {spread:.4f}, "
-          f"range {min(accuracies):.4f}-{max(accuracies):.4f}; training {statistics.mean(seconds):.2f} s mean "
+          f"range {min(accuracies):.4f}-{max(accuracies):.4f}; train94() {statistics.mean(seconds):.2f} s mean "
           f"({min(seconds):.2f}-{max(seconds):.2f}) over {len(seconds)} runs")
     return 0
 

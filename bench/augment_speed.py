@@ -3,10 +3,11 @@
     KERAS_BACKEND=jax python -m bench.augment_speed [--batch-size 64] [--steps 50]
 
 cnn_regularized trained at 255 images/s on an H200 with JAX, and 30,000
-without its augmentation layers, before `allow_jit_on_jax` (BENCHMARKS). This times each layer of the registry's
-augmentation block (`cifar.models._augmentation`: RandomRotation, RandomFlip,
-RandomTranslation) and the whole block the way training runs them: inside a
-compiled `train_on_batch` of a tiny model (layer -> global average pooling ->
+without its augmentation layers, before `allow_jit_on_jax` (BENCHMARKS).
+This times each layer of the registry's augmentation block
+(`cifar.models._augmentation`: RandomRotation, RandomFlip, RandomTranslation)
+and the whole block the way training runs them: inside a compiled
+`train_on_batch` of a tiny model (layer -> global average pooling ->
 Dense(10)), against the same model with no augmentation: as Keras compiles it
 by default and, on JAX, after `cifar.models.allow_jit_on_jax` (what training
 does), since Keras never jits a model holding these layers. Prints one line

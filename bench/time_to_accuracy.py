@@ -26,7 +26,7 @@ requirements-test.txt), and prints a markdown table of the training minutes
 each run took to first reach each threshold: "(final model)" where only the
 final model reached it (fast_cnn's test-time augmentation; or, for a run
 without `--track-test`, its test figure where the epochs' validation figures
-stayed below), seconds under a minute; `--label` text follows the run id.
+stayed below), seconds under two minutes; `--label` text follows the run id.
 """
 
 from __future__ import annotations

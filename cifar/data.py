@@ -52,7 +52,7 @@ from cifar.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1        # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 1        # bump when decoding (here or in data_files) changes, so old caches are not reused
 CACHE_KEEP = 3           # cached datasets kept (~180 MB each); least recently used go first
 
 

@@ -3,6 +3,8 @@ archive (read in memory, never extracted) holding either the canonical python
 batches or class folders. `load_path(path)` gives the four arrays, what kind of
 copy it was and a note; every problem is a DataError naming the file. The
 formats and rules are described in `cifar.data`, the public entry point.
+Decoded arrays are cached by `cifar.data`: a change to what this module
+returns must bump `cifar.data.CACHE_VERSION`, or stale caches stay in use.
 """
 
 from __future__ import annotations
@@ -286,13 +288,13 @@ def _read_class_folders(tree: _Tree, prefix: str):
         names = [(label, n) for label, cls in enumerate(CLASS_NAMES) for n in by_class[cls]]
         x = np.empty((len(names), *IMAGE_SHAPE), dtype=np.uint8)
         for i, (_, name) in enumerate(names):
-            x[i], image_format = decode_image(tree.files[name](), tree.where(name))
+            x[i], image_format = _decode_image(tree.files[name](), tree.where(name))
             formats.add(image_format)
         arrays += [x, np.array([label for label, _ in names], dtype=np.int64)]
     return tuple(arrays), formats
 
 
-def decode_image(raw: bytes, where: str) -> tuple[np.ndarray, str]:
+def _decode_image(raw: bytes, where: str) -> tuple[np.ndarray, str]:
     """One 32x32 PNG or JPEG as uint8 RGB. Full decode, so truncation is caught
     (Pillow's LOAD_TRUNCATED_IMAGES is left at False on purpose)."""
     try:

@@ -128,7 +128,8 @@ JITTABLE_ON_JAX = (layers.RandomRotation, layers.RandomTranslation)
 
 def allow_jit_on_jax(model: keras.Model) -> None:
     """On JAX, jit the steps of `model` (training, evaluation, prediction) when its only
-    unjittable layers are JITTABLE_ON_JAX. Needed after building, loading and compiling."""
+    unjittable layers are JITTABLE_ON_JAX. Called by build_model and the load paths
+    (resume, predict); compile() then resolves jit_compile="auto" to True by itself."""
     if keras.backend.backend() != "jax":
         return
     every = list(_all_layers(model))
@@ -136,7 +137,7 @@ def allow_jit_on_jax(model: keras.Model) -> None:
         if isinstance(layer, JITTABLE_ON_JAX):
             layer.supports_jit = True
     if all(layer.supports_jit for layer in every):
-        model.jit_compile = True  # compile() or load_model() may have resolved it already
+        model.jit_compile = True  # load_model() may have compiled it with jit off already
 
 
 def _all_layers(layer: keras.layers.Layer):

@@ -101,3 +101,7 @@ def test_each_legend_entry_names_its_precision_only_when_the_runs_differ():
     mixed = tta.figure(pd.concat([bf16, f32]), [0.9])
     assert "mixed_bfloat16" in mixed.data[0].name and "float32" in mixed.data[2].name
     assert "float32" not in tta.figure(f32, [0.9]).data[0].name
+
+
+def test_table_and_chart_switch_to_minutes_at_two_minutes_alike():
+    assert tta.duration(1.5) == "90.0 s" and tta.duration(2.0) == "2.0 min"

@@ -337,7 +337,7 @@ def test_cache_hit_returns_identical_arrays_without_decoding(tmp_path, monkeypat
     def no_decoding(*args):
         raise AssertionError("a cache hit must not decode images")
 
-    monkeypatch.setattr(data_files, "decode_image", no_decoding)
+    monkeypatch.setattr(data_files, "_decode_image", no_decoding)
     second = load_cifar10(source)
     assert_same_arrays(second, (first.x_train, first.y_train, first.x_test, first.y_test))
     assert (second.fingerprint, second.description) == (first.fingerprint, first.description)

@@ -69,13 +69,14 @@ def run_points(run_id: str) -> pd.DataFrame:
         raise RunError(f"run {run_id} has no accuracy per epoch (no validation split, no --track-test): "
                        f"train it again with --track-test to plot it")
     environment = meta.get("environment", {})
-    where = {"machine": environment.get("hardware", {}).get("label", "?"),
-             "backend": environment.get("backend", "?"), "precision": meta["config"].get("precision", "?"),
-             "data": meta.get("data", {}).get("description", "?")}
-    points = pd.DataFrame({"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"), **where,
+    run = {"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"),  # on every point
+           "machine": environment.get("hardware", {}).get("label", "?"),
+           "backend": environment.get("backend", "?"), "precision": meta["config"].get("precision", "?"),
+           "data": meta.get("data", {}).get("description", "?")}
+    points = pd.DataFrame({**run,
                            "epoch": history["epoch"],
                            "train_minutes": seconds / 60, "accuracy": accuracy, "measure": measure})
-    final = pd.DataFrame([{"run_id": run_id, "model": meta["model"], "seed": meta["config"].get("seed"), **where,
+    final = pd.DataFrame([{**run,
                            "epoch": int(history["epoch"].iloc[-1]),
                            "train_minutes": float(seconds.iloc[-1]) / 60,
                            "accuracy": float(metrics["test_accuracy"].iloc[0]),

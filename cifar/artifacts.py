@@ -12,6 +12,7 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         gallery.parquet          misclassified (and a few correct) test images
         model.keras              the trained model, no optimizer state
         manifest.json            sha256 of every file above
+        robustness.parquet       optional, added later: accuracy under corruptions
     <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
     <root>/.staging/             where a finished run is assembled
 
@@ -40,6 +41,11 @@ from cifar.errors import RunError
 
 SCHEMA_VERSION = 1
 TABLES = ("history", "metrics", "per_class", "confusion", "predictions", "gallery")
+# Tables a run may gain after it is published (add_table_to_run); readers
+# treat a missing one as "not computed yet", never as a broken run.
+OPTIONAL_TABLES = (
+    "robustness",  # python -m cifar evaluate RUN --robustness (cifar/robustness.py)
+)
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
@@ -248,9 +254,11 @@ def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
 
 
 def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> pd.DataFrame:
-    if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+    if name not in TABLES + OPTIONAL_TABLES:
+        raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
     path = get_run(run_id, allow_missing_model=allow_missing_model).path / f"{name}.parquet"
+    if name in OPTIONAL_TABLES and not path.is_file():
+        raise RunError(f"run {run_id} has no {name} table yet; see docs/ARTIFACTS.md for the command that adds it")
     try:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for damaged files
@@ -282,6 +290,38 @@ def verify_run(run_id: str) -> list[str]:
     manifest = read_json(info.path / MANIFEST_FILE).get("files", {})
     return [n for n, digest in manifest.items()
             if not (info.path / n).is_file() or sha256_file(info.path / n) != digest]
+
+
+def has_table(run_id: str, name: str) -> bool:
+    return (get_run(run_id).path / f"{name}.parquet").is_file()
+
+
+def add_table_to_run(run_id: str, name: str, frame: pd.DataFrame) -> None:
+    """Add (or replace) an optional table of a published run, and its manifest entry.
+
+    Both files are written in full under temporary names first and then
+    renamed over the old ones (os.replace), the table before the manifest:
+    an interruption before the renames leaves the run exactly as it was."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
+    folder = get_run(run_id).path
+    final = folder / f"{name}.parquet"
+    table_tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    manifest_tmp = folder / f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp"
+    try:
+        frame.to_parquet(table_tmp, index=False)
+        manifest = read_json(folder / MANIFEST_FILE)
+        manifest.setdefault("files", {})[final.name] = sha256_file(table_tmp)
+        manifest["files"] = dict(sorted(manifest["files"].items()))
+        with open(manifest_tmp, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(table_tmp, final)
+        os.replace(manifest_tmp, folder / MANIFEST_FILE)
+    finally:
+        table_tmp.unlink(missing_ok=True)
+        manifest_tmp.unlink(missing_ok=True)
 
 
 def model_path(run_id: str) -> Path:

@@ -148,11 +148,12 @@ def curves(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             rows = pd.concat([clean.assign(corruption=name), table[table.corruption == name]])
             frames.append(rows.assign(run=label))
     if not frames:
-        return pd.DataFrame(columns=["Run", "Corruption", "Severity", "Accuracy", "Low", "High"])
+        return pd.DataFrame(columns=["Run", "Corruption", "Severity", "Accuracy", "Low", "High", "Above", "Below"])
     long = pd.concat(frames, ignore_index=True)
     return pd.DataFrame({"Run": long.run, "Corruption": long.corruption.map(title),
                          "Severity": long.severity, "Accuracy": long.accuracy,
-                         "Low": long.ci_low, "High": long.ci_high})
+                         "Low": long.ci_low, "High": long.ci_high,
+                         "Above": long.ci_high - long.accuracy, "Below": long.accuracy - long.ci_low})
 
 
 def _errors(table: pd.DataFrame) -> tuple[float, pd.Series]:

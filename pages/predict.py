@@ -6,7 +6,7 @@ import streamlit as st
 
 from cifar import dashboard as d, predict
 from cifar.errors import CifarError, ImageError
-from pages import _common
+from pages import _common, _explain
 
 COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
            "Correct": st.column_config.CheckboxColumn(help="Whether the best guess is the image's true class"),
@@ -52,3 +52,4 @@ for title, image, true_class in images:
     picture.image(d.enlarge(image), caption="What the models see (32×32)", width=128)
     results = {label: predict.predict_with_timing(model, image) for label, model in models.items()}
     guesses.dataframe(d.prediction_rows(results, true_class), hide_index=True, column_config=COLUMNS)
+    _explain.heatmaps(image, [r for r in run_ids if names[r] in models], key=title)

@@ -194,12 +194,14 @@ def upscale(heatmap: np.ndarray, side: int) -> np.ndarray:
     return np.clip(np.asarray(resized), 0, 1)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, side: int = 128, opacity: float = 0.5) -> np.ndarray:
-    """The image enlarged to side x side (nearest, pixels stay visible) under the coloured heatmap."""
+def overlay(image: np.ndarray, heatmap: np.ndarray, side: int = 128, opacity: float = 0.75) -> np.ndarray:
+    """The image enlarged to side x side (nearest, pixels stay visible) with the
+    heatmap's colour laid over it in proportion to the heat: cold areas show the image as is."""
     enlarged = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.NEAREST), dtype=float)
     heat = upscale(heatmap, side)
-    blended = (1 - opacity) * enlarged + opacity * colour_map(heat)
-    return np.clip(blended, 0, 255).astype(np.uint8)
+    alpha = opacity * heat[..., None]
+    blended = (1 - alpha) * enlarged + alpha * colour_map(heat)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
 def explain(model, image: np.ndarray, class_index: int, side: int = 128) -> np.ndarray:

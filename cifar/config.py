@@ -231,8 +231,7 @@ def _check_known(values: dict, allow_model: bool = True) -> None:
     known = set(FIELDS) - (set() if allow_model else {"model"})
     unknown = sorted(set(values) - known)
     if unknown:
-        raise CifarError(f"unknown training setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
+        raise CifarError(f"unknown training settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 def _typed(values: dict) -> dict:

@@ -192,7 +192,8 @@ if doubts_tab.open:
                                   c.DOUBT_CONFIDENCE, 0.01, key="doubt_floor")
     doubts = c.label_doubts(aligned, threshold)
     images = c.image_lookup(_common.tables([ids_by_label[label] for label in kept], "gallery").values())
-    doubts_tab.markdown(f"**{len(doubts):,} test images** that {"both" if len(kept) == 2 else f"all {len(kept)}"} runs assign to the same other "
+    every = "both" if len(kept) == 2 else f"all {len(kept)}"
+    doubts_tab.markdown(f"**{len(doubts):,} test images** that {every} runs assign to the same other "
                         f"class with at least {threshold:.0%} probability: their label may be wrong (CIFAR-10's "
                         "test set has known mislabelled images). Judge them by eye.")
     image_cards(doubts_tab, doubts.head(SHOWN), aligned, images,

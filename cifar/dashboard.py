@@ -134,7 +134,8 @@ def study_rows(study: pd.DataFrame) -> pd.DataFrame:
         EPOCHS: study.epochs, BEST_EPOCH: np.nan,
         AUGMENT: study.data_augmentation.map(yes_no), BATCHNORM: study.batchnorm.map(yes_no),
         DROPOUT: study.dropout.map(yes_no), OPTIMIZER: study.optimizer,
-        ACCURACY: study.test_accuracy, ACCURACY_CI: "—", LOSS: study.test_loss, F1: study.f1_score, RECALL: study.recall,
+        ACCURACY: study.test_accuracy, LOSS: study.test_loss, F1: study.f1_score, RECALL: study.recall,
+        ACCURACY_CI: "—",  # the study reports no interval
         TRAIN_MINUTES: np.nan, HARDWARE: "not reported", PRECISION: "not reported",
         IMAGENET: study.imagenet_weights.map(lambda v: imagenet_text(None if pd.isna(v) else v)),
         LATENCY: np.nan, NOTES: study.comments.fillna(""),

@@ -12,6 +12,7 @@ import pytest
 import streamlit as st
 from scipy import stats
 from sklearn.metrics import brier_score_loss, log_loss
+from statsmodels.stats.multitest import multipletests
 from streamlit.testing.v1 import AppTest
 
 import datasets
@@ -99,9 +100,9 @@ def test_pairwise_holm_and_headline():
     aligned = c.align(frames)
     pairs = c.pairwise(aligned)
     assert list(zip(pairs.A, pairs.B)) == [("strong", "weak"), ("strong", "twin"), ("weak", "twin")]
-    order = np.argsort(pairs.p_value.to_numpy())
-    expected = np.maximum.accumulate(np.minimum(1, pairs.p_value.to_numpy()[order] * [3, 2, 1]))
-    assert pairs.p_holm.to_numpy()[order] == pytest.approx(expected)
+    assert pairs.p_holm.to_numpy() == pytest.approx(multipletests(pairs.p_value, method="holm")[1])
+    for p_values in ([0.01, 0.04, 0.03, 0.5], [0.2, 0.01, 0.2, 0.9, 0.02], [0.5]):
+        assert c.holm(p_values) == pytest.approx(multipletests(p_values, method="holm")[1])
     strong_weak = pairs.iloc[0].to_dict()
     assert strong_weak["difference"] == pytest.approx(aligned.correct[0].mean() - aligned.correct[1].mean())
     net = strong_weak["a_only"] - strong_weak["b_only"]

@@ -45,6 +45,8 @@ TABLES = ("history", "metrics", "per_class", "confusion", "predictions", "galler
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
+# Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
+OPTIONAL_TABLES = ("val_predictions",)
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
 
@@ -154,8 +156,8 @@ class RunStaging:
     path: Path
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
-        if name not in TABLES:
-            raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+        if name not in TABLES + OPTIONAL_TABLES:
+            raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
         frame.to_parquet(self.path / f"{name}.parquet", index=False)
 
     def write_metadata(self, metadata: dict) -> None:
@@ -282,6 +284,39 @@ def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> 
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
                        "delete the run folder or re-run it") from exc
+
+
+def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
+    """An OPTIONAL_TABLES table of a run, or None when the run has none."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"unknown optional table {name!r}; known: {OPTIONAL_TABLES}")
+    path = get_run(run_id).path / f"{name}.parquet"
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
+                       "delete that file to read the run without it") from exc
+
+
+def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
+    """Add (or replace) an optional table of a published run, then its manifest
+    entry; each file is replaced in one rename, so readers see the run whole."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
+    info = get_run(run_id)
+    final = info.path / f"{name}.parquet"
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = read_json(info.path / MANIFEST_FILE)
+    manifest.setdefault("files", {})[final.name] = sha256_file(final)
+    manifest["files"] = dict(sorted(manifest["files"].items()))
+    write_json_atomic(info.path / MANIFEST_FILE, manifest)
 
 
 def load_run(run_id: str) -> dict:

@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="show a run's test metrics (add --recompute to re-evaluate)")
     evaluate.add_argument("run_id")
     evaluate.add_argument("--recompute", metavar="DATA", help="re-evaluate the saved model on this data source")
+    evaluate.add_argument("--store-validation", action="store_true",
+                          help="re-predict the run's validation split (from its config and --data) and "
+                               "add it to the run, for temperature scaling on the Compare page")
+    evaluate.add_argument("--data", help="with --store-validation: the run's data source")
+
+    compare = sub.add_parser("compare", help="paired tests, calibration and per-class differences of runs")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs on the same test set")
+    compare.add_argument("--json", action="store_true")
 
     runs = sub.add_parser("runs", help="list published runs (and interrupted ones with --all)")
     runs.add_argument("--all", action="store_true", help="also list runs in progress or interrupted")
@@ -156,6 +164,14 @@ def _print_summary(run_id: str) -> None:
 def cmd_evaluate(args) -> int:
     from cifar import artifacts
     info = artifacts.get_run(args.run_id)
+    if args.store_validation:
+        from cifar.evaluate import store_validation_predictions
+        if not args.data:
+            raise CifarError("--store-validation needs --data PATH: the data source the run was trained on")
+        stored = store_validation_predictions(args.run_id, args.data)
+        print(f"run {args.run_id}: stored {stored['images']:,} validation predictions "
+              f"(validation accuracy {stored['accuracy']:.4f})")
+        return 0
     if args.recompute:
         from cifar.data import load_cifar10
         from cifar.evaluate import evaluate
@@ -170,6 +186,13 @@ def cmd_evaluate(args) -> int:
     for key, value in metrics.items():
         print(f"  {key:20} {value:.4f}" if isinstance(value, float) else f"  {key:20} {value}")
     print(per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cifar.compare import format_report, report
+    result = report(args.run_ids)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 
@@ -229,4 +252,5 @@ def cmd_jobs(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate,
-            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs}
+            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs,
+            "compare": cmd_compare}

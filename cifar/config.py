@@ -191,7 +191,9 @@ def config_from_source(source: str) -> tuple[dict, str | None]:
     return payload, None
 
 
-def _pick_model(given: str | None, from_base: str | None) -> str:
+def _pick_model(given: str | None, from_base) -> str:
+    if from_base is not None and not isinstance(from_base, str):
+        raise CifarError(f"a config's model must be a registry name (got {from_base!r})")
     if given and from_base and given != from_base:
         raise CifarError(f"the config given is a {from_base} run, not {given}: leave out the model name "
                          "or give the config of a run of that model")

@@ -151,8 +151,9 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
-        """Queue a training (model + training-flag overrides); an identical queued or
-        running request returns that job with `reused=True`."""
+        """Queue a training: `model` with `overrides` of its recipe (RunConfig field
+        names; None means the recipe's), resolved now by `prepare_request`. An
+        identical queued or running request returns that job with `reused=True`."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...

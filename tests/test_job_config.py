@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cifar import artifacts, cli
-from cifar.config import FIELDS, RunConfig, add_config_flags, config_overrides, flag_of, resolve_config
+from cifar.config import FIELDS, RunConfig, config_overrides, flag_of, resolve_config
 from cifar.errors import CifarError
 from cifar.jobs import training_command
 from cifar.jobs_local import LocalProcessBackend

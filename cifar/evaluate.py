@@ -18,6 +18,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
 from cifar import CLASS_NAMES, NUM_CLASSES
+from cifar.predict import predict_probabilities
 
 GALLERY_PER_PAIR = 16      # misclassified images kept per (true, predicted) pair
 GALLERY_CORRECT_PER_CLASS = 6  # correctly classified images kept per class
@@ -33,15 +34,15 @@ class Evaluation:
     gallery: pd.DataFrame
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """Class probabilities for every image, and the throughput in images/s."""
+def measure_throughput(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """Class probabilities for every image (cifar.predict.predict_probabilities), and images/s."""
     # Warm up both batch shapes predict will use (full and the remainder),
     # so tracing is not timed.
-    model.predict(images[:batch_size + len(images) % batch_size], batch_size=batch_size, verbose=0)
+    predict_probabilities(model, images[:batch_size + len(images) % batch_size], batch_size)
     start = time.perf_counter()
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    probabilities = predict_probabilities(model, images, batch_size)
     seconds = time.perf_counter() - start
-    return np.asarray(probabilities, dtype=np.float32), len(images) / max(seconds, 1e-9)
+    return probabilities, len(images) / max(seconds, 1e-9)
 
 
 def single_image_latency_ms(model, image: np.ndarray, calls: int = LATENCY_CALLS) -> float:
@@ -63,7 +64,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
              seed: int = 0) -> Evaluation:
-    probabilities, images_per_s = predict_probabilities(model, x_test, batch_size)
+    probabilities, images_per_s = measure_throughput(model, x_test, batch_size)
     predicted = probabilities.argmax(axis=1)
     labels = list(range(NUM_CLASSES))
     clipped = np.clip(probabilities, 1e-7, 1.0)

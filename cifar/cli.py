@@ -7,14 +7,27 @@ image) exits non-zero with one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cifar.errors import CifarError  # noqa: E402
+
+# TensorFlow's native start-up lines (oneDNN, CUDA probing, CPU features) are
+# written through absl before its logging is initialised, which ignores
+# TF_CPP_MIN_LOG_LEVEL; they are dropped while the backend starts. Any other
+# line written then (a real error) is passed on to stderr.
+_BACKEND_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] (failed call to cuInit|Unable to register cu)"
+    r"|To enable the following instructions: ")
 
 EXAMPLES = """examples:
   python -m cifar models
@@ -101,10 +114,50 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def _native_stderr_filtered():
+    """Capture file descriptor 2 (where C++ libraries write), then pass on
+    every line that is not _BACKEND_NOISE."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not _BACKEND_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def start_backend_quietly() -> None:
+    """Import Keras (and its backend) and touch the device once, without the
+    backend's start-up lines on stderr. Later imports are free."""
+    if "keras" in sys.modules:
+        return
+    with _native_stderr_filtered():
+        import keras
+        keras.ops.convert_to_numpy(keras.ops.zeros(1))  # device start-up (CUDA probing) happens here
+
+
+def _needs_backend(args) -> bool:
+    """Whether the command imports Keras at once (predict does, but only after decoding)."""
+    return (args.command in ("models", "train", "resume")
+            or (args.command == "evaluate" and bool(args.recompute))
+            or (args.command == "data" and args.source == "keras")
+            or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if _needs_backend(args):
+        start_backend_quietly()
     try:
         return COMMANDS[args.command](args) or 0
     except CifarError as exc:
@@ -228,12 +281,16 @@ def cmd_runs(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cifar.predict import predict_files
+    from cifar.predict import decode_files, model_file, predict_decoded
+    model_file(args.run_id)  # a bad run id fails before any file is read
+    decoded = decode_files(args.images)  # every file is checked before Keras and the model load
+    if any("image" in result for result in decoded):
+        start_backend_quietly()
     failures = 0
-    for result in predict_files(args.run_id, args.images, k=args.top or 3):
+    for result in predict_decoded(args.run_id, decoded, k=args.top or 3):
         if "error" in result:
             failures += 1
-            print(f"{result['file']}: error: {result['error']}")
+            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         else:
             ranked = ", ".join(f"{name} {p:.1%}" for name, p in result["top_k"])
             print(f"{result['file']}: {ranked}")

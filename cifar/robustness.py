@@ -5,7 +5,7 @@
 1,000 images) under each of the 15 corruptions of `cifar.corruptions` at its
 5 severities, plus the clean subset; the run gains `robustness.parquet`
 (docs/ARTIFACTS.md). Everything is computed before anything is written, and
-the table goes in through `artifacts.add_table_to_run` (temp file, then
+the table goes in through `artifacts.add_optional_table` (temp file, then
 os.replace), so a crash or Ctrl-C leaves the run as it was.
 
 Every accuracy carries a 95% Wilson interval (`wilson_interval`): at 1,000
@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cifar import NUM_CLASSES, artifacts
+from cifar import NUM_CLASSES, artifacts, run_schema
 from cifar.corruptions import CORRUPTIONS, SEVERITIES, STAND_INS, corrupt, title
 from cifar.errors import CifarError, RunError
 
@@ -33,6 +33,12 @@ DEFAULT_IMAGES = 1000
 REFERENCE_MODEL = "cnn_baseline"
 CLEAN = "clean"
 Z_95 = 1.959963984540054
+
+# Checked whenever a run has the table (docs/ARTIFACTS.md); runs without it stay readable.
+run_schema.register_table(run_schema.TableSchema(
+    TABLE, {"corruption": "str", "severity": "int", "n_images": "int", "n_correct": "int",
+            "accuracy": "number", "ci_low": "number", "ci_high": "number"},
+    {"seconds": "number", "seed": "int", "data_fingerprint": "str"}, required=False))
 
 
 # ---------------------------------------------------------------- statistics
@@ -127,7 +133,7 @@ def evaluate_run(run_id: str, data_source: str | None = None, n_images: int = DE
     table = evaluate_images(model, data.x_test[chosen], data.y_test[chosen], seed=seed,
                             on_step=(lambda step, *_: bar.update(step)) if bar else None)
     table["data_fingerprint"] = data.fingerprint
-    artifacts.add_table_to_run(run_id, TABLE, table)
+    artifacts.add_optional_table(run_id, TABLE, table)
     return table
 
 

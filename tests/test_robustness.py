@@ -85,7 +85,7 @@ def _snapshot(run_id):
 
 def test_a_crash_midway_leaves_the_run_as_it_was(tiny_run, monkeypatch):
     run_id, data = tiny_run
-    artifacts.add_table_to_run(run_id, r.TABLE, fake_table(0.5, 0.01))  # an earlier evaluation
+    artifacts.add_optional_table(run_id, r.TABLE, fake_table(0.5, 0.01))  # an earlier evaluation
     before = _snapshot(run_id)
     calls, real_corrupt = [], r.corrupt
 
@@ -104,7 +104,7 @@ def test_a_crash_midway_leaves_the_run_as_it_was(tiny_run, monkeypatch):
     monkeypatch.setattr(r, "corrupt", real_corrupt)
     monkeypatch.setattr(artifacts.os, "replace", crash_while_renaming)
     with pytest.raises(OSError):
-        artifacts.add_table_to_run(run_id, r.TABLE, fake_table(0.9, 0.01))
+        artifacts.add_optional_table(run_id, r.TABLE, fake_table(0.9, 0.01))
     assert _snapshot(run_id) == before  # no temporary file left behind either
 
 
@@ -121,8 +121,8 @@ def test_robustness_page_shows_summary_chart_and_examples():
     base = fixture_runs.make_run("cnn_baseline", seed=1)
     other = fixture_runs.make_run("cnn_regularized", seed=2, minutes_after_start=60)
     bare = fixture_runs.make_run("vgg16_transfer", seed=3, minutes_after_start=120)
-    artifacts.add_table_to_run(base.run_id, r.TABLE, fake_table(0.8, 0.08))
-    artifacts.add_table_to_run(other.run_id, r.TABLE, fake_table(0.9, 0.04))
+    artifacts.add_optional_table(base.run_id, r.TABLE, fake_table(0.8, 0.08))
+    artifacts.add_optional_table(other.run_id, r.TABLE, fake_table(0.9, 0.04))
     with fixture_runs.past_first_request():
         app = AppTest.from_file(APP, default_timeout=60)
         app.query_params["run"] = [base.run_id, other.run_id, bare.run_id]

@@ -30,7 +30,8 @@ for run_id in run_ids:
         missing.append(run_id)
 if missing:
     st.info("No robustness evaluation yet for " + ", ".join(f"**{names[m]}**" for m in missing)
-            + ". Compute it (1,000 test images by default; minutes per model on an idle CPU) with:", icon=":material/info:")
+            + ". Compute it (1,000 test images by default; minutes per model on an idle CPU) with:",
+            icon=":material/info:")
     st.code("\n".join(f"python -m cifar evaluate {m} --robustness --data /path/to/cifar10" for m in missing),
             language="bash")
 

@@ -13,7 +13,6 @@ one column not in the figure, `imagenet_weights`, follows the study's text
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 from importlib import resources
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cifar import CLASS_NAMES
+from cifar import CLASS_NAMES, artifacts
 from cifar.predict import top_k_from_probabilities
 
 TRAIN_COMMAND = "python -m cifar train cnn_baseline --data /path/to/cifar10 --epochs 2"
@@ -34,12 +33,8 @@ MAX_DEFAULT_SELECTION = 6
 def run_label(run_id: str, metadata: dict) -> str:
     """What a person reads for a run: model, id suffix, start time, and a
     warning when a transfer model was trained without ImageNet weights."""
-    model = metadata.get("model") or run_id.split("-")[1]
-    try:
-        started = _dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").strftime("%d %b %H:%M")
-    except ValueError:
-        started = run_id[:16]
-    label = f"{model} · {run_id[-4:]} · {started}"
+    parts = artifacts.parse_run_id(run_id)
+    label = f"{metadata.get('model') or parts.model} · {parts.suffix} · {parts.created_at:%d %b %H:%M}"
     return label + " · no ImageNet weights" if metadata.get("imagenet_weights") is False else label
 
 

@@ -15,7 +15,6 @@ import contextlib
 import datetime as _dt
 import fcntl
 import math
-import os
 import shutil
 import time
 import warnings
@@ -24,6 +23,7 @@ import keras
 import numpy as np
 
 from cifar import NUM_CLASSES, artifacts
+from cifar.artifacts import CONFIG_FILE, STATE_FILE  # the work folder's files, named where the layout lives
 from cifar.config import RunConfig
 from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
@@ -32,9 +32,6 @@ from cifar.evaluate import evaluate
 from cifar.fast_cnn import WarmupLinearDecay, single_view
 from cifar.models import allow_jit_on_jax, build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
-
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
 
 
 # ---------------------------------------------------------------- entry points
@@ -67,32 +64,22 @@ def resume_run(run_id: str, verbose: int = 1) -> str:
 
 def interrupted_runs() -> list[dict]:
     """Runs with a work folder but no published result (crashed or running)."""
-    base = artifacts.root() / "work"
+    base = artifacts.work_root()
     found = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
-        if artifacts.run_dir(path.name).exists():
+        if not artifacts.is_run_id(path.name) or artifacts.run_dir(path.name).exists():
             continue  # published; only the clean-up was interrupted
         try:
             state = _read_state(path)
         except RunError:
             state = {}
-        progress = read_progress(path / "progress.json")
+        progress = read_progress(artifacts.progress_path(path.name))
         status = progress.get("status", "unknown")
-        if status == "running" and not _alive(progress.get("pid")):
+        if status == "running" and not artifacts.process_alive(progress.get("pid")):
             status = "interrupted"
         found.append({"run_id": path.name, "completed_epochs": state.get("completed_epochs", 0),
                       "status": status, "updated_at": progress.get("updated_at")})
     return found
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 # ---------------------------------------------------------------- the run
@@ -115,7 +102,7 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
 def _exclusive(work, run_id: str):
     """One process per run: a second `resume` of a live run is refused."""
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / "lock", "w") as handle:
+    with open(work / artifacts.LOCK_FILE, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -180,7 +167,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
         history.append({**row, "elapsed_seconds": time.time() - started + earlier_seconds})
         best = None
         if config.early_stopping_patience and _best_epoch(history) == epoch + 1:
-            best = f"best-{epoch + 1:04d}.weights.h5"
+            best = artifacts.best_weights_name(epoch + 1)
             model.save_weights(work / best)
         _checkpoint(model, work, epoch + 1, history, data.fingerprint, train_seconds, source, best)
 
@@ -339,7 +326,7 @@ def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, s
 
     Files are only deleted after the switch, so a SIGKILL anywhere leaves a
     consistent (checkpoint, best weights, history) triple."""
-    name = f"checkpoint-{epochs_done:04d}.keras"
+    name = artifacts.checkpoint_name(epochs_done)
     model.save(work / name)
     best = best or _read_state(work).get("best_weights")
     artifacts.write_json_atomic(work / STATE_FILE, {
@@ -347,7 +334,7 @@ def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, s
         "data_fingerprint": fingerprint, "train_seconds": train_seconds, "source": source,
         "elapsed_seconds": history[-1]["elapsed_seconds"]})
     keep = {name, best}
-    for path in list(work.glob("checkpoint-*.keras")) + list(work.glob("best-*.weights.h5")):
+    for path in artifacts.saved_weight_files(work):
         if path.name not in keep:
             path.unlink(missing_ok=True)
 
@@ -372,7 +359,7 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
     return {
         "run_id": run_id, "model": config.model, "config": config.to_dict(),
         "study_section": spec.study_section, "recipe_summary": spec.recipe.summary,
-        "created_at": run_id.split("-")[0],
+        "created_at": artifacts.parse_run_id(run_id).created_stamp,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "is_transfer": spec.is_transfer,
         "pretrained_weights": weights,

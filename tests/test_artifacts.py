@@ -1,5 +1,11 @@
 """The artifact layout: atomic publish, skipped broken folders, guarded run ids."""
 
+import datetime
+import os
+import subprocess
+import sys
+import time
+
 import pandas as pd
 import pytest
 
@@ -77,10 +83,47 @@ def test_damaged_table_raises_a_clear_error():
     assert artifacts.all_runs_table("metrics").empty
 
 
-@pytest.mark.parametrize("bad", ["../etc", "x", "20261125T000000Z-cnn/../../x-abcd", ""])
+@pytest.mark.parametrize("bad", ["../etc", "x", "20261125T000000Z-cnn/../../x-abcd", "",
+                                 "20261125T000000Z-cnn_baseline-abcd\n", " 20261125T000000Z-cnn_baseline-abcd"])
 def test_run_ids_cannot_escape_the_root(bad):
     with pytest.raises(RunError):
         artifacts.run_dir(bad)
+    assert not artifacts.is_run_id(bad)
+
+
+def test_a_run_id_parses_into_its_creation_time_model_and_suffix():
+    when = datetime.datetime(2026, 11, 25, 13, 25, 0, tzinfo=datetime.timezone.utc)
+    run_id = artifacts.new_run_id("fast_cnn", now=when)
+    parts = artifacts.parse_run_id(run_id)
+    assert (parts.created_at, parts.model) == (when, "fast_cnn")
+    assert run_id == f"{parts.created_stamp}-fast_cnn-{parts.suffix}" and len(parts.suffix) == 4
+    with pytest.raises(RunError, match="not a date"):
+        artifacts.parse_run_id("20261399T000000Z-fast_cnn-abcd")
+
+
+def _staging_folder(name, age_seconds=0.0):
+    path = artifacts.staging_root() / name
+    path.mkdir(parents=True)
+    (path / "history.parquet").write_bytes(b"half a run")
+    then = time.time() - age_seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_staging_left_by_a_killed_publisher_is_cleaned_but_a_live_one_is_kept():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = artifacts.stage_run(run_id).path.name.split(".")[1].rsplit("-", 1)[0]
+    killed = _staging_folder(f"{run_id}.{host}-{dead.pid}.abc123")        # kill -9 mid-publish
+    live = _staging_folder(f"{run_id}.{host}-{os.getpid()}.def456")        # a publisher at work
+    elsewhere = _staging_folder(f"{run_id}.otherhost-{dead.pid}.0a0a0a")   # pid means nothing here
+    old = _staging_folder(f"{run_id}.0b0b0b", age_seconds=artifacts.STAGING_MAX_AGE_SECONDS + 60)
+    staging = artifacts.stage_run(run_id)                                   # what a resume does
+    assert not killed.exists() and not old.exists()
+    assert live.exists() and elsewhere.exists() and staging.path.exists()
+    assert artifacts.clean_stale_staging(now=time.time() + artifacts.STAGING_MAX_AGE_SECONDS + 60)
+    assert not elsewhere.exists()
 
 
 def test_a_run_without_its_model_file_is_incomplete_except_for_readers_of_its_record():

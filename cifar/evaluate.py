@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -64,6 +65,16 @@ def png_bytes(image: np.ndarray) -> bytes:
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
              seed: int = 0) -> Evaluation:
     probabilities, images_per_s = predict_probabilities(model, x_test, batch_size)
+    return evaluation_tables(x_test, y_test, probabilities, images_per_s=images_per_s,
+                             latency_ms=single_image_latency_ms(model, x_test[0]), seed=seed)
+
+
+def evaluation_tables(x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray, *,
+                      images_per_s: float, latency_ms: float, seed: int = 0,
+                      encode: Callable[[np.ndarray], bytes] = png_bytes) -> Evaluation:
+    """Every table of an evaluation from the test set and the model's class
+    probabilities (no model needed: the dashboard's fixture runs come from here
+    too). `encode` turns a gallery image into its stored bytes."""
     predicted = probabilities.argmax(axis=1)
     labels = list(range(NUM_CLASSES))
     clipped = np.clip(probabilities, 1e-7, 1.0)
@@ -75,13 +86,13 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
                "test_accuracy": float((predicted == y_test).mean()),
                "test_loss": float(log_loss(y_test, clipped, labels=labels)),
                "top3_accuracy": float(top_k_accuracy_score(y_test, probabilities, k=3, labels=labels))}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_test, predicted, labels=labels,
-                                                     average=average, zero_division=0)
-        summary.update({f"precision_{average}": float(p), f"recall_{average}": float(r),
-                        f"f1_{average}": float(f)})
+    # sklearn's "macro" and "weighted" averages are these means of its per-class
+    # scores (plain, and weighted by support): taken here, not computed twice more.
+    for average, weights in (("macro", None), ("weighted", support if support.sum() else None)):
+        summary.update({f"{name}_{average}": float(np.average(values, weights=weights))
+                        for name, values in (("precision", precision), ("recall", recall), ("f1", f1))})
     summary["eval_images_per_s"] = float(images_per_s)
-    summary["latency_ms"] = single_image_latency_ms(model, x_test[0])
+    summary["latency_ms"] = float(latency_ms)
 
     per_class = pd.DataFrame({"class_index": labels, "class_name": list(CLASS_NAMES),
                               "precision": precision, "recall": recall, "f1": f1,
@@ -99,10 +110,11 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
         predictions[f"prob_{name}"] = probabilities[:, i]
 
     return Evaluation(pd.DataFrame([summary]), per_class, confusion, predictions,
-                      build_gallery(x_test, y_test, predicted, seed))
+                      build_gallery(x_test, y_test, predicted, seed, encode))
 
 
-def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:
+def build_gallery(x_test, y_test, predicted, seed: int = 0,
+                  encode: Callable[[np.ndarray], bytes] = png_bytes) -> pd.DataFrame:
     """A compact sample of test images so the dashboard needs no dataset:
     up to GALLERY_PER_PAIR misclassified images per (true, predicted) pair and
     a few correct ones per class, stored as PNG bytes."""
@@ -119,4 +131,4 @@ def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"index": chosen, "true_index": y_test[chosen].astype(np.int64),
                          "pred_index": predicted[chosen].astype(np.int64),
                          "correct": y_test[chosen] == predicted[chosen],
-                         "png": [png_bytes(x_test[i]) for i in chosen]})
+                         "png": [encode(x_test[i]) for i in chosen]})

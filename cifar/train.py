@@ -18,6 +18,8 @@ import math
 import shutil
 import time
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -28,7 +30,7 @@ from cifar.config import RunConfig
 from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
-from cifar.evaluate import evaluate
+from cifar.evaluate import Evaluation, evaluate
 from cifar.fast_cnn import WarmupLinearDecay, single_view
 from cifar.models import allow_jit_on_jax, build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
@@ -177,10 +179,13 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
         model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
     result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
-    metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
-                         train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds,
-                         environment)
-    _publish(run_id, final_model, history, result, metadata)
+    metadata = run_metadata(run_id, config, history=history, source=source, environment=environment,
+                            network={"params": count_params(final_model), **describe(final_model)},
+                            data={"source": config.data, "fingerprint": data.fingerprint,
+                                  "description": data.description, "n_train": len(x_train),
+                                  "n_val": len(x_val), "n_test": len(data.y_test)},
+                            train_seconds=train_seconds, wall_seconds=time.time() - started + earlier_seconds)
+    publish_run(run_id, history, result, metadata, final_model.save)
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
     return run_id
@@ -351,8 +356,11 @@ def _inference_copy(model: keras.Model, config: RunConfig) -> keras.Model:
     return clean
 
 
-def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
-              train_seconds, n_train, n_val, wall_seconds, environment) -> dict:
+def run_metadata(run_id: str, config: RunConfig, *, history: list[dict], source: dict, environment: dict,
+                 network: dict, data: dict, train_seconds: float, wall_seconds: float) -> dict:
+    """metadata.json of a finished run (docs/ARTIFACTS.md). `network`: the shipped
+    model's `count_params` as "params" and its `describe` facts; `data`: source,
+    fingerprint, description and the train/validation/test sizes."""
     spec = get_spec(config.model)
     weights = source.get("weights")
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
@@ -366,20 +374,22 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
         # A local no-top file is the offline route to the same ImageNet weights.
         "imagenet_weights": weights not in (None, "none") if spec.is_transfer else None,
         "init_from_run": source.get("init_from_run"),
-        "params": count_params(model), **describe(model),
+        **network,
         "augmentation": config.augment, "optimizer": config.optimizer,
-        "epochs_planned": config.epochs, "epochs_run": len(history), "best_epoch": best_epoch,
+        "epochs_planned": config.epochs, "epochs_run": len(history), "best_epoch": _best_epoch(history),
         "stopped_early": len(history) < config.epochs,
         "train_seconds": train_seconds,
         "wall_seconds": wall_seconds,
         "train_images_per_s": float(np.median(speeds)),
-        "data": {"source": config.data, "fingerprint": data.fingerprint, "description": data.description,
-                 "n_train": n_train, "n_val": n_val, "n_test": len(data.y_test)},
+        "data": data,
         "environment": environment,
     }
 
 
-def _publish(run_id, model, history, result, metadata) -> None:
+def publish_run(run_id: str, history, result: Evaluation, metadata: dict,
+                save_model: Callable[[Path], object]) -> None:
+    """Write every file of a finished run out of sight, then make it visible in
+    one step; `save_model(path)` writes model.keras (the shipped model's `save`)."""
     import pandas as pd
     staging = artifacts.stage_run(run_id)
     try:
@@ -389,7 +399,7 @@ def _publish(run_id, model, history, result, metadata) -> None:
         staging.write_table("confusion", result.confusion)
         staging.write_table("predictions", result.predictions)
         staging.write_table("gallery", result.gallery)
-        model.save(staging.model_path)
+        save_model(staging.model_path)
         staging.write_metadata(metadata)
         staging.publish()
     except BaseException:

@@ -254,11 +254,15 @@ def stage_run(run_id: str) -> RunStaging:
 
     The folder's name records who assembles it (host and pid), so that folders
     left by a publisher killed mid-way are cleaned up by the next one."""
-    check_run_id(run_id)
     clean_stale_staging()
-    path = staging_root() / f"{run_id}.{_host()}-{os.getpid()}.{secrets.token_hex(3)}"
+    path = staging_root() / staging_folder_name(run_id)
     path.mkdir(parents=True)
     return RunStaging(run_id, path)
+
+
+def staging_folder_name(run_id: str, pid: int | None = None) -> str:
+    """`<run_id>.<host>-<pid>.<hex>`: the folder a process (this one by default) stages a run in."""
+    return f"{check_run_id(run_id)}.{_host()}-{os.getpid() if pid is None else pid}.{secrets.token_hex(3)}"
 
 
 def clean_stale_staging(now: float | None = None) -> list[str]:

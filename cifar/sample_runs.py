@@ -103,7 +103,7 @@ def _image_pool() -> np.ndarray:
                      for c in range(NUM_CLASSES)])
 
 
-def test_images(truth: np.ndarray) -> np.ndarray:
+def images_for(truth: np.ndarray) -> np.ndarray:
     """A test set for `truth`: image i is one of its class's pool pictures."""
     return _image_pool()[truth, np.arange(len(truth)) % POOL_PER_CLASS]
 
@@ -161,8 +161,8 @@ def history_for(final_accuracy: float, epochs: int, overfits: bool, seconds_per_
         val_loss += 0.04 * np.maximum(epoch - epochs / 2, 0)
     seconds = seconds_per_epoch * rng.uniform(0.95, 1.05, epochs)
     train_seconds = 0.9 * seconds  # validation takes the rest
-    frame = pd.DataFrame({"epoch": epoch, "loss": train_loss, "accuracy": train_accuracy,
-                          "val_loss": val_loss, "val_accuracy": val_accuracy,
+    frame = pd.DataFrame({"epoch": epoch, "accuracy": train_accuracy, "loss": train_loss,
+                          "val_accuracy": val_accuracy, "val_loss": val_loss,
                           "learning_rate": 1e-3 * 0.5 ** (epoch // 8), "optimizer_steps": epoch * 704,
                           "seconds": seconds, "train_images_per_s": SAMPLE_DATA["n_train"] / train_seconds,
                           "train_seconds_total": np.cumsum(train_seconds),
@@ -205,7 +205,7 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
 
     truth, predicted = simulate_predictions(DEFAULT_ACCURACY if accuracy is None else accuracy, n_test, rng)
     latency_ms = 1.5 + params / 2e6
-    result = evaluation_tables(test_images(truth), truth, probabilities_for(predicted, rng),
+    result = evaluation_tables(images_for(truth), truth, probabilities_for(predicted, rng),
                                images_per_s=1000 / latency_ms * 40, latency_ms=latency_ms, seed=seed,
                                encode=pooled_png)
     history = history_for(float(result.metrics.test_accuracy[0]), epochs_run, overfits=not spec.recipe.augment,

@@ -114,10 +114,9 @@ def test_staging_left_by_a_killed_publisher_is_cleaned_but_a_live_one_is_kept():
     run_id = artifacts.new_run_id("cnn_baseline")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    host = artifacts.stage_run(run_id).path.name.split(".")[1].rsplit("-", 1)[0]
-    killed = _staging_folder(f"{run_id}.{host}-{dead.pid}.abc123")        # kill -9 mid-publish
-    live = _staging_folder(f"{run_id}.{host}-{os.getpid()}.def456")        # a publisher at work
-    elsewhere = _staging_folder(f"{run_id}.otherhost-{dead.pid}.0a0a0a")   # pid means nothing here
+    killed = _staging_folder(artifacts.staging_folder_name(run_id, pid=dead.pid))   # kill -9 mid-publish
+    live = _staging_folder(artifacts.staging_folder_name(run_id))                   # a publisher at work
+    elsewhere = _staging_folder(f"{run_id}.otherhost-{dead.pid}.0a0a0a")           # pid means nothing here
     old = _staging_folder(f"{run_id}.0b0b0b", age_seconds=artifacts.STAGING_MAX_AGE_SECONDS + 60)
     staging = artifacts.stage_run(run_id)                                   # what a resume does
     assert not killed.exists() and not old.exists()

@@ -2,9 +2,11 @@
 
 import datetime
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -133,3 +135,15 @@ def test_a_run_without_its_model_file_is_incomplete_except_for_readers_of_its_re
     assert run.run_id not in [r.run_id for r in artifacts.list_runs()]   # the dashboard skips it
     assert artifacts.get_run(run.run_id, allow_missing_model=True).metadata["model"] == "cnn_baseline"
     assert len(artifacts.read_table(run.run_id, "history", allow_missing_model=True)) == 2
+
+
+def test_docs_artifacts_names_every_file_the_code_writes():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ARTIFACTS.md").read_text()
+    written = [*artifacts.REQUIRED_FILES, artifacts.CONFIG_FILE, artifacts.STATE_FILE, artifacts.PROGRESS_FILE,
+               artifacts.LOCK_FILE, artifacts.checkpoint_name(7), artifacts.best_weights_name(12)]
+    for name in written:
+        as_documented = re.escape(name.replace("0007", "NNNN").replace("0012", "NNNN"))
+        assert re.search(rf"(?<![\w.-]){as_documented}(?![\w.-])", doc), name
+    run_id = artifacts.new_run_id("cnn_baseline")
+    assert artifacts.work_dir(run_id).parent.name == "work" and "work/<run_id>/" in doc
+    assert artifacts.staging_folder_name(run_id).startswith(f"{run_id}.") and ".staging/<run_id>.<host>-<pid>.<hex>/" in doc

@@ -70,7 +70,7 @@ def interrupted_runs() -> list[dict]:
     found = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
         if not artifacts.is_run_id(path.name) or artifacts.run_dir(path.name).exists():
-            continue  # published; only the clean-up was interrupted
+            continue  # not a run's folder; or published, and only the clean-up was interrupted
         try:
             state = _read_state(path)
         except RunError:

@@ -143,7 +143,7 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
                "--data", tiny_data, "--epochs", "4", "--limit-per-class", "5", "--val-size", "10",
                "--batch-size", "2", "--seed", "3"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = artifacts.work_dir(run_id) / "state.json"
+    state = artifacts.work_dir(run_id) / artifacts.STATE_FILE
     progress = artifacts.progress_path(run_id)
 
     def mid_second_epoch():
@@ -184,7 +184,7 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
 
 
 def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
-    from cifar.train import _exclusive, interrupted_runs, resume_run, CONFIG_FILE, STATE_FILE
+    from cifar.train import _exclusive, interrupted_runs, resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     with _exclusive(work, run_id):
@@ -192,13 +192,13 @@ def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
             with _exclusive(work, run_id):
                 pass
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=1, **TINY)
-    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
-    (work / STATE_FILE).write_text("{half a json")
-    artifacts.write_json_atomic(work / "progress.json", {"status": "running", "pid": 2**22 + 12345})
+    artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
+    (work / artifacts.STATE_FILE).write_text("{half a json")
+    artifacts.write_json_atomic(artifacts.progress_path(run_id), {"status": "running", "pid": 2**22 + 12345})
     assert [(r["run_id"], r["status"]) for r in interrupted_runs()] == [(run_id, "interrupted")]
     with pytest.raises(RunError, match="damaged"):
         resume_run(run_id, verbose=0)
-    assert json.loads((work / "progress.json").read_text())["status"] == "failed"
+    assert json.loads(artifacts.progress_path(run_id).read_text())["status"] == "failed"
 
 
 def test_track_test_records_test_accuracy_each_epoch_without_touching_training(tiny_data):
@@ -249,21 +249,22 @@ def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
     the data) is refused with a message, and left as it was."""
     from cifar.data import load_cifar10
     from cifar.models import build_model
-    from cifar.train import CONFIG_FILE, STATE_FILE, resume_run
+    from cifar.train import resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     work.mkdir(parents=True)
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
-    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
-    build_model("cnn_regularized").save(work / "checkpoint-0001.keras")  # "another version"
-    state = {"completed_epochs": 1, "checkpoint": "checkpoint-0001.keras", "history": [],
+    artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
+    checkpoint = artifacts.checkpoint_name(1)
+    build_model("cnn_regularized").save(work / checkpoint)  # "another version"
+    state = {"completed_epochs": 1, "checkpoint": checkpoint, "history": [],
              "data_fingerprint": load_cifar10(tiny_data).fingerprint}
-    artifacts.write_json_atomic(work / STATE_FILE, state)
+    artifacts.write_json_atomic(work / artifacts.STATE_FILE, state)
     before = sorted(p.name for p in work.iterdir())
 
     with pytest.raises(RunError, match=r"another version of cnn_baseline: its layer \d+ is \w+ with weights "
                                        r"\[.*\] in the checkpoint, \w+ with weights \[.*\] in the current "
                                        r"code.*start a new run.*delete .*" + run_id):
         resume_run(run_id, verbose=0)
-    assert (work / "checkpoint-0001.keras").exists() and json.loads((work / STATE_FILE).read_text()) == state
+    assert (work / checkpoint).exists() and json.loads((work / artifacts.STATE_FILE).read_text()) == state
     assert set(before) <= {p.name for p in work.iterdir()}

@@ -288,7 +288,7 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         row.update(A=labels[a], B=labels[b])
         assert app.markdown[0].value == f"#### {c.headline(row)}"
         metrics = {m.label: m.value for m in app.metric}
-        assert metrics[f"Accuracy of {labels[a]}"] == f"{aligned.correct[0].mean():.1%}"
+        assert metrics["Accuracy of A"] == f"{aligned.correct[0].mean():.1%}"
         assert metrics["A − B"] == f"{100 * row['difference']:+.1f} points"
         holm = next(f.value for f in app.dataframe if labels[third] in f.value.columns and len(f.value) == 3)
         assert holm.loc[labels[a], labels[b]] == pytest.approx(row["p_holm"])

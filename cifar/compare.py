@@ -353,10 +353,17 @@ def calibration(aligned: Aligned, validation: dict[str, pd.DataFrame | None],
     return pd.DataFrame(rows)
 
 
-def reliability(aligned: Aligned, bins: int = BINS) -> pd.DataFrame:
-    """Every run's reliability table, stacked with a run column (for one overlaid diagram)."""
-    return pd.concat([reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name)
-                      for k, name in enumerate(aligned.names)], ignore_index=True)
+def reliability(aligned: Aligned, temperatures: dict[str, float] | None = None, bins: int = BINS) -> pd.DataFrame:
+    """Every run's reliability table, stacked with `run` and `scaled` columns (for
+    one overlaid diagram); a run given a temperature also appears after it."""
+    tables = []
+    for k, name in enumerate(aligned.names):
+        tables.append(reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name, scaled=False))
+        temperature = (temperatures or {}).get(name)
+        if temperature is not None and np.isfinite(temperature):
+            scaled = with_temperature(aligned.probabilities[k], temperature)
+            tables.append(reliability_table(scaled, aligned.truth, bins).assign(run=name, scaled=True))
+    return pd.concat(tables, ignore_index=True)
 
 
 # ---------------------------------------------------------------- where do they differ?

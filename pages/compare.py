@@ -49,13 +49,16 @@ def reliability_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figur
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfectly calibrated",
                              line=dict(color="#a1a1aa", dash="dash")), row=1, col=1)
-    for run, group in table.groupby("run", sort=False):
-        shown = group[group["count"] > 0]
-        fig.add_trace(go.Scatter(x=shown.confidence, y=shown.accuracy, mode="lines+markers", name=run,
-                                 line=dict(color=colours[run]), customdata=shown["count"],
+    for (run, scaled), group in table.groupby(["run", "scaled"], sort=False):
+        shown, name = group[group["count"] > 0], f"{run} after temperature scaling" if scaled else run
+        fig.add_trace(go.Scatter(x=shown.confidence, y=shown.accuracy, mode="lines+markers", name=name,
+                                 line=dict(color=colours[run], dash="dot" if scaled else "solid"),
+                                 customdata=shown["count"],
                                  hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>"
-                                               "%{customdata:,} images<extra>" + run + "</extra>"),
+                                               "%{customdata:,} images<extra>" + name + "</extra>"),
                       row=1, col=1)
+        if scaled:
+            continue  # the counts below are the test images as the run scored them
         fig.add_trace(go.Bar(x=(group.lower + group.upper) / 2, y=group["count"], name=run, showlegend=False,
                              marker_color=colours[run], width=1 / c.BINS / (len(colours) + 0.5),
                              hovertemplate="%{y:,} images<extra>" + run + "</extra>"), row=2, col=1)
@@ -144,7 +147,8 @@ if calibration_tab.open:
     scores = c.calibration(aligned, {label: validation(ids_by_label[label], on_disk) for label in kept},
                            {label: runs[label][0] for label in kept})
     colours = _charts.run_colours(kept)
-    calibration_tab.plotly_chart(reliability_figure(c.reliability(aligned), colours), width="stretch")
+    calibration_tab.plotly_chart(reliability_figure(
+        c.reliability(aligned, dict(zip(scores.run, scores.temperature))), colours), width="stretch")
     calibration_tab.dataframe(
         pd.DataFrame({"Run": scores.run, "ECE": scores.ece, "Classwise ECE": scores.classwise_ece,
                       "NLL": scores.nll, "Brier": scores.brier, "Temperature": scores.temperature,

@@ -308,3 +308,17 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         assert table.ECE.to_numpy() == pytest.approx(
             [c.expected_calibration_error(aligned.probabilities[k], aligned.truth) for k in range(3)])
         assert any("No temperature scaling" in i.value for i in app.info)
+
+
+def test_evaluation_keeps_the_validation_probabilities():
+    import keras
+
+    from cifar.evaluate import evaluate
+    model = keras.saving.load_model(fixture_runs.tiny_model_file(0))
+    x, y, *_ = datasets.tiny_arrays(per_class_train=3, per_class_test=2)
+    result = evaluate(model, x[:20], y[:20], x_val=x[20:], y_val=y[20:])
+    assert list(result.val_predictions.columns) == list(result.predictions.columns)
+    assert result.val_predictions.true_index.tolist() == y[20:].tolist()
+    assert result.val_predictions[c.PROB_COLUMNS].to_numpy() == pytest.approx(model.predict(x[20:], verbose=0),
+                                                                              abs=1e-6)
+    assert evaluate(model, x[:20], y[:20]).val_predictions is None

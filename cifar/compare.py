@@ -196,6 +196,13 @@ def pair_row(aligned: Aligned, a: str, b: str, resamples: int = RESAMPLES, seed=
             "ci_low": low, "ci_high": high, **test}
 
 
+def reversed_pair(row: dict) -> dict:
+    """A pair_row read the other way round (B against A): same test, same interval."""
+    return {**row, "A": row["B"], "B": row["A"], "accuracy_a": row["accuracy_b"], "accuracy_b": row["accuracy_a"],
+            "difference": -row["difference"], "ci_low": -row["ci_high"], "ci_high": -row["ci_low"],
+            "a_only": row["b_only"], "b_only": row["a_only"]}
+
+
 def pairwise(aligned: Aligned, resamples: int = RESAMPLES, seed=SEED) -> pd.DataFrame:
     """Every pair of runs (in selection order), with Holm-corrected p-values."""
     pairs = [pair_row(aligned, a, b, resamples, (seed, i))

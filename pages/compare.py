@@ -89,10 +89,10 @@ pick_a, pick_b = st.columns(2)
 run_a = pick_a.selectbox("Run A", kept, key="run_a")
 run_b = pick_b.selectbox("Run B", [label for label in kept if label != run_a], key="run_b")
 pairs = c.pairwise(aligned)
-pair = pairs[((pairs.A == run_a) & (pairs.B == run_b)) | ((pairs.A == run_b) & (pairs.B == run_a))].iloc[0]
-if pair.A != run_a:  # the family's row for this pair, turned to read A against B
-    pair = {**c.pair_row(aligned, run_a, run_b), "p_holm": pair.p_holm}
-st.markdown(f"#### {c.headline(dict(pair))}")
+pair = pairs[((pairs.A == run_a) & (pairs.B == run_b)) | ((pairs.A == run_b) & (pairs.B == run_a))].iloc[0].to_dict()
+if pair["A"] != run_a:  # the family's row for this pair, read A against B
+    pair = c.reversed_pair(pair)
+st.markdown(f"#### {c.headline(pair)}")
 
 difference_tab, calibration_tab, explorer_tab, doubts_tab = st.tabs(
     ["Is the difference real?", "Calibration", "Where they differ", "Label doubts"],

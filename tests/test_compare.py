@@ -108,6 +108,11 @@ def test_pairwise_holm_and_headline():
     net = strong_weak["a_only"] - strong_weak["b_only"]
     assert c.headline(strong_weak).startswith(f"strong is right on {net:,} more of the 2,000 test images than weak")
     assert c.headline(pairs.iloc[2].to_dict()).startswith("No evidence of a difference between weak and twin")
+    swapped = c.pair_row(aligned, "weak", "strong")
+    reverse = c.reversed_pair(strong_weak)
+    assert {k: reverse[k] for k in swapped if k not in ("ci_low", "ci_high")} == pytest.approx(
+        {k: v for k, v in swapped.items() if k not in ("ci_low", "ci_high")})
+    assert (reverse["ci_low"], reverse["ci_high"]) == (-strong_weak["ci_high"], -strong_weak["ci_low"])
     matrix = c.pair_matrix(pairs, aligned.names, "difference")
     assert matrix.loc["weak", "strong"] == -matrix.loc["strong", "weak"]
 

@@ -22,6 +22,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
 from cifar import CLASS_NAMES, NUM_CLASSES
+from cifar.predict import predict_probabilities
 
 GALLERY_PER_PAIR = 16      # misclassified images kept per (true, predicted) pair
 GALLERY_CORRECT_PER_CLASS = 6  # correctly classified images kept per class
@@ -38,15 +39,15 @@ class Evaluation:
     val_predictions: pd.DataFrame | None = None  # None: the run has no validation split
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """Class probabilities for every image, and the throughput in images/s."""
+def measure_throughput(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """Class probabilities for every image (cifar.predict.predict_probabilities), and images/s."""
     # Warm up both batch shapes predict will use (full and the remainder),
     # so tracing is not timed.
-    model.predict(images[:batch_size + len(images) % batch_size], batch_size=batch_size, verbose=0)
+    predict_probabilities(model, images[:batch_size + len(images) % batch_size], batch_size)
     start = time.perf_counter()
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    probabilities = predict_probabilities(model, images, batch_size)
     seconds = time.perf_counter() - start
-    return np.asarray(probabilities, dtype=np.float32), len(images) / max(seconds, 1e-9)
+    return probabilities, len(images) / max(seconds, 1e-9)
 
 
 def single_image_latency_ms(model, image: np.ndarray, calls: int = LATENCY_CALLS) -> float:
@@ -68,7 +69,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
              seed: int = 0, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> Evaluation:
-    probabilities, images_per_s = predict_probabilities(model, x_test, batch_size)
+    probabilities, images_per_s = measure_throughput(model, x_test, batch_size)
     predicted = probabilities.argmax(axis=1)
     labels = list(range(NUM_CLASSES))
     clipped = np.clip(probabilities, 1e-7, 1.0)
@@ -100,7 +101,7 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
 
     validation = None
     if x_val is not None and len(x_val):
-        validation = prediction_table(predict_probabilities(model, x_val, batch_size)[0], y_val)
+        validation = prediction_table(predict_probabilities(model, x_val, batch_size), y_val)
     return Evaluation(pd.DataFrame([summary]), per_class, confusion, prediction_table(probabilities, y_test),
                       build_gallery(x_test, y_test, predicted, seed), validation)
 
@@ -138,7 +139,7 @@ def store_validation_predictions(run_id: str, source: str) -> dict:
     if len(y_val) != recorded["n_val"]:
         raise RunError(f"the rebuilt validation split has {len(y_val)} images, the run recorded "
                        f"{recorded['n_val']}; it cannot be rebuilt from this config")
-    table = prediction_table(predict_probabilities(load_model(run_id), x_val)[0], y_val)
+    table = prediction_table(predict_probabilities(load_model(run_id), x_val), y_val)
     artifacts.add_optional_table(run_id, "val_predictions", table)
     return {"images": len(table), "accuracy": float((table.pred_index == table.true_index).mean())}
 

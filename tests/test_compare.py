@@ -259,11 +259,16 @@ def test_compare_command_prints_the_figures_and_refuses_bad_ids(three_runs, caps
 def test_validation_probabilities_are_an_optional_table(three_runs, tmp_path):
     run_id = three_runs[0]
     assert artifacts.read_optional_table(run_id, "val_predictions") is None  # an older run still reads
+    unlisted = artifacts.run_dir(three_runs[2]) / "val_predictions.parquet"
+    artifacts.read_table(three_runs[2], "predictions").to_parquet(unlisted)  # an addition cut short
+    assert artifacts.read_optional_table(three_runs[2], "val_predictions") is None
     rng = np.random.default_rng(5)
     truth = rng.integers(0, NUM_CLASSES, 300)
     table = fixture_predictions(truth, confident_rows(np.full(300, 0.95), truth))
     artifacts.add_optional_table(run_id, "val_predictions", table)
     pd.testing.assert_frame_equal(artifacts.read_optional_table(run_id, "val_predictions"), table)
+    with pytest.raises(RunError, match="does not match its schema"):
+        artifacts.add_optional_table(run_id, "val_predictions", table.drop(columns="prob_cat"))
     assert artifacts.verify_run(run_id) == [] and "val_predictions.parquet" in artifacts.read_json(
         artifacts.run_dir(run_id) / artifacts.MANIFEST_FILE)["files"]
     aligned = c.align({r: artifacts.read_table(r, "predictions") for r in three_runs[:2]})

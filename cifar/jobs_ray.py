@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import socket
-import sqlite3
 import secrets
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -114,6 +115,8 @@ class RayJobsBackend(JobBackend):
         if self._client is None:
             try:
                 from ray.job_submission import JobSubmissionClient
+                # Ray logs each code upload at INFO/WARNING; a submit should print one line.
+                logging.getLogger("ray").setLevel(logging.ERROR)
             except ImportError:
                 raise CifarError("CIFAR_JOBS_BACKEND=ray needs the ray package: "
                                  "pip install -r requirements.txt") from None
@@ -157,6 +160,10 @@ class RayJobsBackend(JobBackend):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             error = f"the Ray cluster at {where} did not say its resources ({exc.__class__.__name__})"
             return Capacity(backend=self.name, where=where, summary=error, error=error)
+        if "CPU" not in usage:  # the head's monitor reports a few seconds after it starts
+            return Capacity(backend=self.name, where=where,
+                            summary=f"Jobs run on the Ray cluster at {where}; it has not reported its "
+                                    f"CPUs and GPUs yet.")
         used_cpus, total_cpus = usage.get("CPU", [0.0, 0.0])
         used_gpus, total_gpus = usage.get("GPU", [0.0, 0.0])
         free_cpus, free_gpus = total_cpus - used_cpus, total_gpus - used_gpus

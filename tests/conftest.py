@@ -53,6 +53,15 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     return found
 
 
+def _reports_cpus(url: str) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"{url}/api/cluster_status", timeout=2) as response:
+            return b'"CPU"' in response.read()
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
     """The job server URL of a local Ray head on loopback (2 CPUs), started once per session.
@@ -64,7 +73,6 @@ def ray_head(tmp_path_factory):
     import subprocess
     import sys
     import time
-    import urllib.request
     from pathlib import Path
 
     temp = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths must stay under 107 characters
@@ -81,15 +89,11 @@ def ray_head(tmp_path_factory):
         head = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/api/version", timeout=2).close()
-            break
-        except OSError:
-            if head.poll() is not None or time.monotonic() > deadline:
-                head.kill()
-                pytest.fail(f"the Ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    while not _reports_cpus(url):  # up once the job server answers and the head has counted its CPUs
+        if head.poll() is not None or time.monotonic() > deadline:
+            head.kill()
+            pytest.fail(f"the Ray head did not start: {(temp / 'head.log').read_text()[-2000:]}")
+        time.sleep(0.5)
     yield url
     everything = _descendants(head.pid)
     os.killpg(head.pid, signal.SIGTERM)

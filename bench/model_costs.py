@@ -70,7 +70,7 @@ def measure(name: str, n_images: int) -> dict:
         file_bytes = path.stat().st_size
     _, images_per_s = predict_probabilities(model, images, batch_size=256)
     params = count_params(model)
-    return {"model": name, "input_size": getattr(spec.recipe, "input_size", None),
+    return {"model": name, "input_size": spec.defaults.input_size,
             "params_total": params["total"], "params_trainable": params["trainable"],
             "forward_gflops": round(forward_gflops(model), 3), "model_file_mb": round(file_bytes / 1e6, 2),
             "eval_images": n_images,

@@ -14,6 +14,8 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         manifest.json            sha256 of every file above
     <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
     <root>/.staging/             where a finished run is assembled
+    <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
+                                 worker.log, logs/job-<id>.log and .exit
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
@@ -75,6 +77,30 @@ def progress_path(run_id: str) -> Path:
 def jobs_dir() -> Path:
     """Where the background job runner keeps its database and logs."""
     return root() / "jobs"
+
+
+def jobs_database_path() -> Path:
+    """The local job backend's SQLite database."""
+    return jobs_dir() / "jobs.sqlite"
+
+
+def jobs_worker_lock_path() -> Path:
+    """Held (flock) by the one local job worker; holds its pid."""
+    return jobs_dir() / "worker.lock"
+
+
+def jobs_worker_log_path() -> Path:
+    return jobs_dir() / "worker.log"
+
+
+def job_log_path(job_id: int) -> Path:
+    """A job's training output, every attempt appended."""
+    return jobs_dir() / "logs" / f"job-{int(job_id)}.log"
+
+
+def job_exit_path(job_id: int) -> Path:
+    """The exit status of a job's latest attempt, written when its process ends."""
+    return jobs_dir() / "logs" / f"job-{int(job_id)}.exit"
 
 
 def new_run_id(model_name: str, now: _dt.datetime | None = None) -> str:

@@ -35,78 +35,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return value
-
-
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and `jobs submit` (values left unset keep the recipe's)."""
-    from cifar.config import PRECISIONS
-    parser.add_argument("--data", default=None,
-                        help="'keras' (download, the default) or a local CIFAR-10 copy: "
-                             "cifar-10-python.tar.gz, cifar-10-batches-py/, or a class-folder tree/archive")
-    parser.add_argument("--epochs", type=_positive_int)
-    parser.add_argument("--batch-size", type=_positive_int)
-    parser.add_argument("--lr", dest="learning_rate", type=_positive_float, help="learning rate")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="the recipe's augmentation on or off (study models: random rotation/flip/shift; "
-                             "fast_cnn: alternating flips and 2-pixel shifts)")
-    parser.add_argument("--patience", dest="early_stopping_patience", type=_positive_int,
-                        help="early-stopping patience in epochs (0 turns it off)")
-    parser.add_argument("--limit-per-class", type=_positive_int, help="training images kept per class")
-    parser.add_argument("--val-size", type=_positive_int,
-                        help="validation images (default: the recipe's, 5000 for the study models, 0 for "
-                             "fast_cnn; with --limit-per-class, a tenth of the images kept)")
-    parser.add_argument("--seed", type=_positive_int)
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--input-size", type=_positive_int, help="transfer models: resize input to this")
-    parser.add_argument("--weights", help="transfer models: imagenet | none | path to a no-top .h5 file")
-    parser.add_argument("--from-run", dest="init_from_run",
-                        help="fine-tuning: start from this run's weights (default: newest matching run)")
-    parser.add_argument("--note", help="free text stored with the run")
-    parser.add_argument("--track-test", action="store_true", default=None,
-                        help="also measure test accuracy after every epoch, for time-to-accuracy "
-                             "curves (reporting only: never used to pick or stop anything)")
-
-
-def training_overrides(args: argparse.Namespace) -> dict:
-    keys = ("data", "epochs", "batch_size", "learning_rate", "augment", "early_stopping_patience",
-            "limit_per_class", "val_size", "seed", "precision", "input_size", "weights",
-            "init_from_run", "note", "track_test")
-    return {k: getattr(args, k) for k in keys}
-
-
-def resolve_training_config(model: str, overrides: dict):
-    """Recipe + overrides, filling in fine-tuning's donor run and input size."""
-    from cifar import artifacts
-    from cifar.config import resolve_config
-    from cifar.errors import RunError
-    from cifar.models import get_spec
-    spec = get_spec(model)
-    if spec.recipe.init_from and not overrides.get("init_from_run"):
-        donors = [r for r in artifacts.list_runs() if r.model == spec.recipe.init_from]
-        if not donors:
-            raise RunError(f"{model} fine-tunes a {spec.recipe.init_from} run and there is none yet. "
-                           f"Train one first: python -m cifar train {spec.recipe.init_from} ... "
-                           "or pass --from-run RUN_ID")
-        overrides["init_from_run"] = donors[-1].run_id
-    if overrides.get("init_from_run"):
-        donor = artifacts.get_run(overrides["init_from_run"])
-        if overrides.get("input_size") is None:
-            overrides["input_size"] = donor.metadata.get("config", {}).get("input_size")
-        if overrides.get("weights") is not None:
-            raise CifarError("--weights does not apply with --from-run: fine-tuning keeps the donor run's weights")
-        overrides["weights"] = donor.metadata.get("pretrained_weights")
-    return resolve_config(model, **overrides)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from cifar.config import add_config_flags
     parser = argparse.ArgumentParser(prog="python -m cifar", description="Train, evaluate and compare "
                                      "CIFAR-10 classifiers.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,11 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models of the registry and their recipes")
 
-    train = sub.add_parser("train", help="train a model and publish the run")
-    train.add_argument("model", help="a registry name (see: python -m cifar models)")
+    train = sub.add_parser("train", help="train a model and publish the run",
+                           description="Train a model with its recipe; each flag overrides one setting. "
+                                       "--config RUN_ID trains a run's exact settings again (a new run).")
+    train.add_argument("model", nargs="?", help="a registry name (see: python -m cifar models); "
+                       "optional with --config")
+    train.add_argument("--config", metavar="RUN_ID|JSON|PATH",
+                       help="start from these settings instead of the recipe: a run's (its metadata's config), "
+                            "a JSON object, or a JSON file; the other flags still override them")
     train.add_argument("--run-id", help="use this run id (default: a new one)")
     train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    add_training_flags(train)
+    add_config_flags(train)
 
     resume = sub.add_parser("resume", help="continue an interrupted run from its last epoch")
     resume.add_argument("run_id")
@@ -179,17 +115,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_models(args) -> int:
     from cifar.models import REGISTRY
-    print(f"{'model':20} {'study':6} {'epochs':>6} {'batch':>5} {'lr':>8} {'opt':8} {'aug':4} summary")
+    print(f"{'model':20} {'study':6} {'epochs':>6} {'batch':>5} {'lr':>8} {'opt':12} {'aug':4} summary")
     for spec in REGISTRY.values():
-        r = spec.recipe
+        r = spec.defaults
         print(f"{spec.name:20} {spec.study_section:6} {r.epochs:>6} {r.batch_size:>5} {r.learning_rate:>8g} "
-              f"{r.optimizer:8} {'yes' if r.augment else 'no':4} {r.summary}")
+              f"{r.optimizer:12} {'yes' if r.augment else 'no':4} {spec.summary}")
+    print("every setting of a recipe: python -m cifar train MODEL --help, and each run's metadata.json")
     return 0
 
 
 def cmd_train(args) -> int:
+    from cifar.config import config_from_source, config_overrides, resolve_config
     from cifar.train import start_run
-    config = resolve_training_config(args.model, training_overrides(args))
+    overrides = config_overrides(args)
+    base, source_run = config_from_source(args.config) if args.config else (None, None)
+    if source_run and "note" not in overrides:
+        overrides["note"] = f"retrain of {source_run}"
+    config = resolve_config(args.model, overrides, base=base)
     print(f"training {config.model}: {json.dumps(config.to_dict())}", flush=True)
     run_id = start_run(config, run_id=args.run_id, verbose=2 if args.quiet else 1)
     _print_summary(run_id)

@@ -24,7 +24,7 @@ JOBS_EXAMPLES = """examples:
 
 
 def add_jobs_parser(subparsers) -> None:
-    from cifar.cli import add_training_flags
+    from cifar.config import add_config_flags
     jobs = subparsers.add_parser("jobs", help="queue trainings in the background (as the dashboard does)",
                                  epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
@@ -44,7 +44,7 @@ def add_jobs_parser(subparsers) -> None:
     submit.add_argument("--gpus", type=_non_negative, default=0.0,
                         help="GPUs each job reserves on a Ray cluster (default 0); the local backend "
                              "ignores both and runs $CIFAR_JOBS_MAX_CONCURRENT jobs at a time")
-    add_training_flags(submit)
+    add_config_flags(submit)
 
     cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
     cancel.add_argument("job_id", type=int)
@@ -86,8 +86,8 @@ def run_jobs_command(args) -> int:
             print(_line(job))
         return 0
     if command == "submit":
-        from cifar.cli import training_overrides
-        overrides, resources = training_overrides(args), jobs.Resources(cpus=args.cpus, gpus=args.gpus)
+        from cifar.config import config_overrides
+        overrides, resources = config_overrides(args), jobs.Resources(cpus=args.cpus, gpus=args.gpus)
         if args.seeds is not None:
             submitted = jobs.submit_seeds(backend, args.model, overrides, jobs.parse_seeds(args.seeds),
                                           submitted_by=_whoami(), resources=resources)

@@ -50,9 +50,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from cifar import artifacts
-from cifar._shim_i14a import make_job, prepare, training_command
 from cifar.errors import CifarError
-from cifar.jobs import ACTIVE, Capacity, Job, JobBackend, JobError, JobSettings, Resources
+from cifar.jobs import (ACTIVE, Capacity, Job, JobBackend, JobError, JobSettings, Resources, prepare_request,
+                        training_command)
 from cifar.jobs_local import LOG_TAIL_LINES, PACKAGE_PARENT, _error_line, _read_json, _result_summary
 
 CONNECT_TIMEOUT = 3.0  # seconds; a dashboard must not hang on a cluster that is down
@@ -226,19 +226,19 @@ class RayJobsBackend(JobBackend):
                 progress = {"status": "completed"}
         else:
             progress = json.loads(row["last_progress"] or "{}")
-        return make_job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
-                        status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
-                        queued_at=row["queued_at"], started_at=row["started_at"],
-                        finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
-                        log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
-                        progress=progress, reused=reused)
+        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
+                   status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
+                   queued_at=row["queued_at"], started_at=row["started_at"],
+                   finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
+                   log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
+                   progress=progress, reused=reused)
 
     # ------------------------------------------------------------ the interface
 
     def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
                resources: Resources | None = None) -> Job:
         resources = resources or Resources()
-        config, key = prepare(model, overrides)
+        config, key = prepare_request(model, overrides)
         self.client  # noqa: B018 - a cluster that is down refuses the job before it is recorded
         now = time.time()
         with self._transaction() as con:
@@ -251,7 +251,7 @@ class RayJobsBackend(JobBackend):
             job_id = con.execute(
                 "INSERT INTO jobs (run_id, model, config, config_key, status, submitted_by, created_at, "
                 "queued_at, cpus, gpus) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (artifacts.new_run_id(model), model, json.dumps(config), key, submitted_by, now, now,
+                (artifacts.new_run_id(model), model, json.dumps(config.to_dict()), key, submitted_by, now, now,
                  resources.cpus, resources.gpus)).lastrowid
         row = self._row(job_id)
         try:

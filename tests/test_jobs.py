@@ -258,12 +258,8 @@ def test_cli_submit_dedupe_seeds_list_cancel_and_logs(held, data, capsys):
 
 
 def job_seed(job) -> int:
-    """The seed a job will train with, from its stored request."""
-    config = getattr(job, "config", None) or {}
-    if "seed" in config:
-        return config["seed"]
-    args = job.args
-    return int(args[args.index("--seed") + 1])
+    """The seed a job will train with, from its stored config."""
+    return job.config["seed"]
 
 
 def test_seed_lists_parse_as_ranges_and_lists():

@@ -87,7 +87,7 @@ def test_a_wrong_token_is_refused_on_submit_and_on_cancel(no_worker, monkeypatch
     assert "Queued as job 1" in texts(at.success)
     [job] = no_worker.list_jobs()
     assert job.status == "queued" and job.submitted_by == "team token"
-    assert "--limit-per-class 2" in " ".join(job.args)
+    assert job.config["limit_per_class"] == 2
 
     at.text_input(key="retrain_token").input("guess")
     at.button(key="cancel-1").click().run()
@@ -152,7 +152,7 @@ def test_the_page_only_renders():
 # ---------------------------------------------------------------- where jobs run, seed sweeps
 
 def test_model_names_come_from_the_registry_without_keras():
-    assert jobs.model_choices() == {name: spec.recipe.summary for name, spec in REGISTRY.items()}
+    assert jobs.model_choices() == {name: spec.summary for name, spec in REGISTRY.items()}
     fresh = subprocess.run([sys.executable, "-c", "import sys, cifar.jobs; cifar.jobs.model_choices(); "
                             "print('keras' in sys.modules, 'tensorflow' in sys.modules)"],
                            capture_output=True, text=True, check=True, cwd=Path(APP).parent)

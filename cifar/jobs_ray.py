@@ -123,7 +123,8 @@ class RayJobsBackend(JobBackend):
             url = urlparse(self.address if "://" in self.address else f"http://{self.address}")
             if url.scheme in ("http", "https") and url.hostname:
                 try:
-                    socket.create_connection((url.hostname, url.port or 8265), CONNECT_TIMEOUT).close()
+                    port = url.port or (443 if url.scheme == "https" else 80)
+                    socket.create_connection((url.hostname, port), CONNECT_TIMEOUT).close()
                 except OSError as exc:
                     raise _unreachable(self.address, exc) from None
             try:
@@ -308,7 +309,12 @@ class RayJobsBackend(JobBackend):
         if not self._update(row, status="queued", queued_at=time.time(), finished_at=None, error=None,
                             cancel_requested_at=None):
             raise JobError(f"job {job_id} changed while resuming it; look again")
-        self._submit_attempt(self._row(job_id))
+        try:
+            self._submit_attempt(self._row(job_id))
+        except CifarError:
+            self._update(self._row(job_id), status=row["status"], finished_at=row["finished_at"],
+                         error=row["error"])  # as it was: it can be resumed again later
+            raise
         return self.get(job_id)
 
     # ------------------------------------------------------------ attempts
@@ -394,5 +400,6 @@ class RayJobsBackend(JobBackend):
             error = (f"the training {how}; {progress.get('epoch', 0)} epochs were complete. "
                      f"Resume with: python -m cifar jobs resume {row['id']}")
         tail = self.logs(row["id"], LOG_TAIL_LINES) if status in ("failed", "lost") else None
-        self._update(row, status=status, finished_at=now, error=error, log_tail=tail,
+        started = row["started_at"] or (info.start_time / 1000 if info and info.start_time else now)
+        self._update(row, status=status, started_at=started, finished_at=now, error=error, log_tail=tail,
                      last_progress=json.dumps(progress))

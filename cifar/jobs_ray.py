@@ -116,7 +116,8 @@ class RayJobsBackend(JobBackend):
             try:
                 from ray.job_submission import JobSubmissionClient
                 # Ray logs each code upload at INFO/WARNING; a submit should print one line.
-                logging.getLogger("ray").setLevel(logging.ERROR)
+                for name in ("ray", "ray.dashboard.modules.dashboard_sdk"):  # the second sets its own level
+                    logging.getLogger(name).setLevel(logging.ERROR)
             except ImportError:
                 raise CifarError("CIFAR_JOBS_BACKEND=ray needs the ray package: "
                                  "pip install -r requirements.txt") from None

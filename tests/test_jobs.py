@@ -8,6 +8,7 @@ are grouped to start as few of them as possible."""
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -307,6 +308,14 @@ def test_the_ray_backend_says_what_is_missing(monkeypatch):
     monkeypatch.setenv("CIFAR_JOBS_BACKEND", "slurm")
     with pytest.raises(CifarError, match="known: local, ray"):
         jobs.get_backend()
+    # Without ray installed (None in sys.modules makes its import fail): one line saying what to install.
+    monkeypatch.setenv("CIFAR_JOBS_BACKEND", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setitem(sys.modules, "ray.job_submission", None)
+    backend = jobs.get_backend()  # the page can start; using the cluster says what is missing
+    with pytest.raises(CifarError, match="needs the ray package"):
+        backend.submit("cnn_baseline", {"epochs": 1})
+    assert "needs the ray package" in backend.capacity().error
 
 
 def test_an_unreachable_ray_cluster_is_one_clear_error(monkeypatch, capsys, data):

@@ -39,7 +39,7 @@ from cifar import CLASS_NAMES, NUM_CLASSES, artifacts
 CAT, DOG = CLASS_NAMES.index("cat"), CLASS_NAMES.index("dog")
 START = _dt.datetime(2026, 11, 20, 9, 0, tzinfo=_dt.timezone.utc)
 DEFAULT_ACCURACY = 0.85
-SAMPLE_DATA = {"source": "/data/cifar10-jpeg", "fingerprint": "sha256:sample0123456789",
+SAMPLE_DATA = {"source": "/data/cifar10-jpeg", "fingerprint": "sha256:fixture0123456789",
                "description": "synthetic sample data", "n_train": 45_000, "n_val": 5_000}
 
 
@@ -197,10 +197,15 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
     rng = np.random.default_rng(seed)
     network = network_facts(model)
     params = network["params"]["total"]
-    weights = ("imagenet" if imagenet_weights else "none") if spec.is_transfer else None
+    settings = {"weights": ("imagenet" if imagenet_weights else "none") if spec.is_transfer else None}
+    if spec.init_from:  # fine-tuning keeps its donor run's weights: a sample run of the donor model
+        donors = [run.run_id for run in artifacts.list_runs() if run.model == spec.init_from]
+        settings = {"init_from_run": donors[-1] if donors else make_run(
+            spec.init_from, seed=seed, n_test=n_test, imagenet_weights=imagenet_weights,
+            minutes_after_start=minutes_after_start - 1, hardware=hardware, config_seed=config_seed).run_id}
     # Planned: `epochs`, else the recipe's; a run of fewer than planned stopped early.
-    config = resolve_config(model, epochs=epochs, weights=weights, data=SAMPLE_DATA["source"],
-                            seed=config_seed, precision=precision, note=note)
+    config = resolve_config(model, epochs=epochs, data=SAMPLE_DATA["source"], seed=config_seed,
+                            precision=precision, note=note, **settings)
     epochs_run = epochs or min(config.epochs, 20)
 
     truth, predicted = simulate_predictions(DEFAULT_ACCURACY if accuracy is None else accuracy, n_test, rng)
@@ -208,14 +213,15 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
     result = evaluation_tables(images_for(truth), truth, probabilities_for(predicted, rng),
                                images_per_s=1000 / latency_ms * 40, latency_ms=latency_ms, seed=seed,
                                encode=pooled_png)
-    history = history_for(float(result.metrics.test_accuracy[0]), epochs_run, overfits=not spec.recipe.augment,
+    history = history_for(float(result.metrics.test_accuracy[0]), epochs_run, overfits=not config.augment,
                           seconds_per_epoch=20 + params / 100_000, rng=rng, validation=config.val_size > 0)
     when = START + _dt.timedelta(minutes=minutes_after_start)
     # Ids are deterministic (unique per model, seed and start time) so that
     # screenshots and labels are the same every time.
     run_id = f"{when:%Y%m%dT%H%M%S}Z-{model}-{seed % 0x10000:04x}"
     train_seconds = float(history[-1]["train_seconds_total"])
-    metadata = run_metadata(run_id, config, history=history, source={"weights": weights},
+    metadata = run_metadata(run_id, config, history=history,
+                            source={"weights": config.weights, "init_from_run": config.init_from_run},
                             environment=_sample_environment(hardware), network=network,
                             data={**SAMPLE_DATA, "n_val": config.val_size, "n_test": n_test},
                             train_seconds=train_seconds, wall_seconds=float(history[-1]["elapsed_seconds"]) + 30)

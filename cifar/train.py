@@ -178,7 +178,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     if config.early_stopping_patience and best_weights:
         model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
-    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
+    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed, x_val=x_val, y_val=y_val)
     metadata = run_metadata(run_id, config, history=history, source=source, environment=environment,
                             network={"params": count_params(final_model), **describe(final_model)},
                             data={"source": config.data, "fingerprint": data.fingerprint,
@@ -289,22 +289,23 @@ def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:
 
 
 def _optimizer(config: RunConfig, steps_per_epoch: int | None):
-    recipe = get_spec(config.model).recipe
+    """The run's optimizer, from its config alone (saved with the run, so a
+    later change of a recipe never changes how an existing run resumes)."""
     learning_rate = config.learning_rate
-    if recipe.warmup_fraction and steps_per_epoch:
+    if config.warmup_fraction and steps_per_epoch:
         total = steps_per_epoch * config.epochs
-        learning_rate = WarmupLinearDecay(config.learning_rate, total, recipe.warmup_fraction)
-    options = {"weight_decay": recipe.weight_decay}
-    if recipe.ema_momentum is not None:
+        learning_rate = WarmupLinearDecay(config.learning_rate, total, config.warmup_fraction)
+    options = {"weight_decay": config.weight_decay}
+    if config.ema_momentum is not None:
         from cifar.fast_cnn import LookaheadSGD
         total = (steps_per_epoch or 1) * config.epochs
-        return LookaheadSGD(total_steps=total, base=recipe.ema_momentum, learning_rate=learning_rate,
-                            momentum=recipe.momentum, nesterov=True, **options)
+        return LookaheadSGD(total_steps=total, base=config.ema_momentum, learning_rate=learning_rate,
+                            momentum=config.momentum, nesterov=True, **options)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate, **options)
     if config.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate, **options)
-    return keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, nesterov=True, **options)
+    return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True, **options)
 
 
 def _current_lr(model) -> float:
@@ -366,7 +367,7 @@ def run_metadata(run_id: str, config: RunConfig, *, history: list[dict], source:
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
     return {
         "run_id": run_id, "model": config.model, "config": config.to_dict(),
-        "study_section": spec.study_section, "recipe_summary": spec.recipe.summary,
+        "study_section": spec.study_section, "recipe_summary": spec.summary,
         "created_at": artifacts.parse_run_id(run_id).created_stamp,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "is_transfer": spec.is_transfer,
@@ -399,6 +400,8 @@ def publish_run(run_id: str, history, result: Evaluation, metadata: dict,
         staging.write_table("confusion", result.confusion)
         staging.write_table("predictions", result.predictions)
         staging.write_table("gallery", result.gallery)
+        if result.val_predictions is not None:
+            staging.write_table("val_predictions", result.val_predictions)
         save_model(staging.model_path)
         staging.write_metadata(metadata)
         staging.publish()

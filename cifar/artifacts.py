@@ -14,6 +14,7 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         manifest.json            sha256 of every file above
     <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
     <root>/.staging/             where a finished run is assembled
+    <root>/run_marks.json        the team's marks: reference and hidden runs
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
@@ -70,6 +71,12 @@ def work_dir(run_id: str) -> Path:
 
 def progress_path(run_id: str) -> Path:
     return work_dir(run_id) / "progress.json"
+
+
+def marks_path() -> Path:
+    """The team's marks on runs (reference, hidden): kept beside runs/, so a
+    published run's own files are never edited to mark it."""
+    return root() / "run_marks.json"
 
 
 def jobs_dir() -> Path:

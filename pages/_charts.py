@@ -38,8 +38,11 @@ def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame 
     points = measured.dropna(subset=[cost, dashboard.ACCURACY])
     colours = run_colours(sorted(points[dashboard.MODEL].unique()))
     for model, group in points.groupby(dashboard.MODEL):
-        fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers", name=model,
-                                 text=group[dashboard.RUN], hovertemplate=hover,
+        fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers+text", name=model,
+                                 text=group[dashboard.RUN], texttemplate=[dashboard.point_label(r)
+                                                                          for r in group[dashboard.RUN]],
+                                 textposition="top center", textfont=dict(size=11), hovertemplate=hover,
+                                 cliponaxis=False,
                                  marker=dict(size=11, color=colours[model], line=dict(width=1, color="white"))))
     best = dashboard.pareto_frontier(points, cost)
     if len(best) > 1:
@@ -53,9 +56,13 @@ def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame 
     fig.update_layout(title=title, xaxis_title=cost, yaxis_title="Test accuracy", yaxis_tickformat=".0%",
                       height=420, **_LAYOUT)
     costs = pd.concat([points[cost], study[cost]])
-    if log_x and len(costs):
+    # A log axis only when the costs span more than a factor of ten; otherwise
+    # it would show one or two ticks, and a plain axis reads better.
+    if log_x and len(costs) and costs.min() > 0 and costs.max() / costs.min() > 10:
         ticks = _log_ticks(costs.min(), costs.max())
         fig.update_xaxes(type="log", tickvals=ticks, ticktext=[_short_number(t) for t in ticks])
+    elif len(costs):
+        fig.update_xaxes(rangemode="tozero", nticks=8, tickformat="~s" if costs.max() >= 1000 else "")
     return fig
 
 
@@ -99,7 +106,9 @@ def curves(long: pd.DataFrame, best: pd.DataFrame, colours: dict[str, str], y_ti
                                              line=dict(width=1, color="black")),
                                  text=best.run, customdata=best.epoch,
                                  hovertemplate="%{text}<br>best epoch %{customdata}<extra></extra>"))
-    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=480, hovermode="closest", **_LAYOUT)
+    # showlegend: plotly hides the legend of a single trace, which leaves a lone run unnamed.
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=480, hovermode="closest",
+                      showlegend=True, **_LAYOUT)
     if y_title == "Accuracy":
         fig.update_yaxes(tickformat=".0%")
     if y_title == "Learning rate":
@@ -111,9 +120,7 @@ def heatmap(matrix: pd.DataFrame, title: str, normalized: bool, better: pd.DataF
     """A confusion matrix; with `better` (a signed difference), cells are
     coloured blue where the change helps and red where it hurts."""
     values = matrix.to_numpy()
-    shown = "{:+.0%}" if better is not None and normalized else "{:+d}" if better is not None else \
-        "{:.0%}" if normalized else "{:d}"
-    text = [[shown.format(v) if abs(v) >= (0.005 if normalized else 1) else "" for v in row] for row in values]
+    text = [[dashboard.cell_text(v, normalized, signed=better is not None) for v in row] for row in values]
     if better is None:
         colour = dict(z=values, colorscale="Blues")
     else:

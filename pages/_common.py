@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 
-from cifar import IMAGE_SHAPE, artifacts, dashboard, predict
+from cifar import IMAGE_SHAPE, artifacts, dashboard, predict, run_marks
 from cifar.errors import CifarError
 
 SELECTION_KEY = "selected_runs"
@@ -53,8 +53,21 @@ def metadata(run_id: str) -> dict:
     return dict(runs()).get(run_id, {})
 
 
+def marks() -> run_marks.Marks:
+    """The team's reference and hidden marks (a small file, read on every rerun
+    so a mark made in one session shows in every other)."""
+    return run_marks.read_marks()
+
+
+def visible_runs() -> list[tuple[str, dict]]:
+    """The runs the team has not hidden, oldest first."""
+    hidden = marks().hidden
+    return [(run_id, meta) for run_id, meta in runs() if run_id not in hidden]
+
+
 def labels() -> dict[str, str]:
-    return {run_id: dashboard.run_label(run_id, meta) for run_id, meta in runs()}
+    reference = marks().reference
+    return {run_id: dashboard.run_label(run_id, meta, run_id in reference) for run_id, meta in runs()}
 
 
 @st.cache_data(show_spinner=False, max_entries=400)
@@ -85,7 +98,7 @@ def tables(run_ids: list[str], name: str) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _comparison(root: str, signature: int) -> pd.DataFrame:
+def _comparison(root: str, signature: int, reference: frozenset) -> pd.DataFrame:
     listed, _ = _scan(root, signature)
     metrics, problems = {}, {}
     for run_id, _meta in listed:
@@ -93,14 +106,15 @@ def _comparison(root: str, signature: int) -> pd.DataFrame:
             metrics[run_id] = artifacts.read_table(run_id, "metrics").iloc[0].to_dict()
         except (CifarError, IndexError) as exc:
             problems[run_id] = f"Metrics unreadable: {exc or 'the table is empty'}"  # the row stays
-    table = dashboard.comparison_table(listed, metrics)
+    table = dashboard.comparison_table(listed, metrics, reference)
     for run_id, problem in problems.items():
         table.loc[table.run_id == run_id, dashboard.NOTES] = problem
     return table
 
 
 def comparison() -> pd.DataFrame:
-    return _comparison(*_on_disk())
+    """Every run (hidden ones too) as a row of the Models table."""
+    return _comparison(*_on_disk(), marks().reference)
 
 
 @st.cache_data(show_spinner=False)
@@ -154,18 +168,24 @@ def selected() -> list[str]:
 def selection_sidebar() -> None:
     """The run picker every page shares, mirrored into the URL (?run=ID&run=ID)
     so that a copied link reopens the same comparison."""
-    listed = runs()
-    ids = [run_id for run_id, _ in listed]
+    every = [run_id for run_id, _ in runs()]
+    current = marks()
     if SELECTION_KEY not in st.session_state:
-        from_url = [r for r in st.query_params.get_all(URL_PARAM) if r in ids]
-        st.session_state[SELECTION_KEY] = from_url or dashboard.default_selection(listed)
+        # A copied link may name a hidden run: it still opens what was shared.
+        from_url = [r for r in st.query_params.get_all(URL_PARAM) if r in every]
+        st.session_state[SELECTION_KEY] = from_url or dashboard.default_selection(
+            runs(), current.reference, current.hidden)
     else:  # a run deleted since the last rerun drops out quietly
-        st.session_state[SELECTION_KEY] = [r for r in st.session_state[SELECTION_KEY] if r in ids]
+        st.session_state[SELECTION_KEY] = [r for r in st.session_state[SELECTION_KEY] if r in every]
+    ids = [run_id for run_id, _ in visible_runs()]
+    ids += [run_id for run_id in selected() if run_id not in ids]
     names = labels()
     st.sidebar.multiselect("Runs to compare", ids, key=SELECTION_KEY, format_func=lambda r: names.get(r, r),
                            placeholder="Choose runs", help="Shared by every page and kept in the page address, "
                            "so a copied link opens the same comparison.")
-    st.sidebar.caption(f"{len(ids)} runs on disk · {len(selected())} selected")
+    hidden = len(every) - len(visible_runs())
+    st.sidebar.caption(f"{len(every)} runs on disk{f' ({hidden} hidden)' if hidden else ''} · "
+                       f"{len(selected())} selected · ★ reference run")
     if selected():
         st.query_params[URL_PARAM] = selected()
     elif URL_PARAM in st.query_params:

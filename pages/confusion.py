@@ -14,19 +14,20 @@ _common.start_page("Confusion")
 run_ids = _common.require_selection()
 names = _common.labels()
 confusions = _common.tables(run_ids, "confusion")
-ids_by_label = {names[r]: r for r in run_ids}
-shown = list(confusions)
+shown = [r for r in run_ids if names[r] in confusions]  # run ids, so a copied link names the runs
 if not shown:
     st.stop()
 
 pick_first, pick_second, pick_scale = st.columns([3, 3, 2], vertical_alignment="bottom")
-first = pick_first.selectbox("Run", shown)
-others = [label for label in shown if label != first]
-second = pick_second.selectbox("Compare with", [None, *others], index=1 if others else 0,
-                               format_func=lambda label: "No second run" if label is None else label)
-normalized = pick_scale.toggle("Share of each true class", value=True,
+first_id = pick_first.selectbox("Run", shown, format_func=names.get, key="first", bind="query-params")
+others = [r for r in shown if r != first_id]
+second_id = pick_second.selectbox("Compare with", [None, *others], index=1 if others else 0, key="second",
+                                  bind="query-params",
+                                  format_func=lambda r: "No second run" if r is None else names[r])
+normalized = pick_scale.toggle("Share of each true class", value=True, key="share", bind="query-params",
                                help="On: each row shows how that class's test images were predicted, in %. "
                                     "Off: image counts.")
+first, second = names[first_id], names.get(second_id)
 matrices, cat_dog_tab, mistakes, per_class_tab = st.tabs(
     ["Matrices", "Cat versus dog", "Most-confused pairs", "Per-class scores"],
     key="confusion_view", bind="query-params")  # only the open tab is computed and drawn
@@ -71,7 +72,6 @@ if mistakes.open:
                                      bind="query-params")
     predicted_class = pick_predicted.selectbox("Predicted as", CLASS_NAMES, index=d.DOG, key="predicted_class",
                                                bind="query-params")
-    first_id = ids_by_label[first]
     images = d.gallery_for_pair(_common.table(first_id, "gallery"), _common.table(first_id, "predictions"),
                                 CLASS_NAMES.index(true_class), CLASS_NAMES.index(predicted_class))
     in_test = int(d.confusion_matrix(confusions[first]).loc[true_class, predicted_class])
@@ -90,8 +90,7 @@ if per_class_tab.open:
                                             required=True, key="score", bind="query-params")
     per_class = d.per_class_comparison(_common.tables(run_ids, "per_class"), score)
     runs_shown = per_class.columns.drop("Class")
-    table_side, chart_side = per_class_tab.columns([2, 3])
-    table_side.dataframe(per_class, hide_index=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in runs_shown})
-    chart_side.plotly_chart(_charts.per_class(per_class, SCORES[score], _charts.run_colours(runs_shown)),
-                            width="stretch")
+    per_class_tab.plotly_chart(_charts.per_class(per_class, SCORES[score], _charts.run_colours(runs_shown)),
+                               width="stretch")
+    per_class_tab.dataframe(per_class, hide_index=True, width="stretch",
+                            column_config={c: st.column_config.NumberColumn(format="%.3f") for c in runs_shown})

@@ -62,7 +62,8 @@ def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame 
         ticks = _log_ticks(costs.min(), costs.max())
         fig.update_xaxes(type="log", tickvals=ticks, ticktext=[_short_number(t) for t in ticks])
     elif len(costs):
-        fig.update_xaxes(rangemode="tozero", nticks=8, tickformat="~s" if costs.max() >= 1000 else "")
+        # From zero, with room on the right for the last point's label.
+        fig.update_xaxes(range=[0, costs.max() * 1.25], nticks=8, tickformat="~s" if costs.max() >= 1000 else "")
     return fig
 
 

@@ -192,6 +192,27 @@ def selection_sidebar() -> None:
         del st.query_params[URL_PARAM]
 
 
+def run_in_url(key: str, options: list, default=None):
+    """Seed the run picker `key` from ?key=RUN_ID on the page's first run, then
+    mirror its choice back, so a copied link reopens the same run. (Streamlit's
+    own bind="query-params" would write the run's label, which changes when the
+    run is marked; the id never does.) Use with the widget's key=`key`."""
+    if key not in st.session_state:
+        raw = st.query_params.get(key)
+        wanted = None if raw == "none" else raw  # "none": the link chose no run here
+        st.session_state[key] = wanted if raw is not None and wanted in options else default
+    elif st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def keep_in_url(key: str, value, default=None) -> None:
+    """Write a picker's run id to the address (none when it is the default)."""
+    if value is None or value == default:
+        st.query_params.pop(key, None)
+    else:
+        st.query_params[key] = value
+
+
 def skipped_notice(expanded: bool) -> None:
     """Names every run folder that could not be read, and why."""
     broken = skipped()

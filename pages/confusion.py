@@ -19,11 +19,14 @@ if not shown:
     st.stop()
 
 pick_first, pick_second, pick_scale = st.columns([3, 3, 2], vertical_alignment="bottom")
-first_id = pick_first.selectbox("Run", shown, format_func=names.get, key="first", bind="query-params")
+_common.run_in_url("first", shown, shown[0])
+first_id = pick_first.selectbox("Run", shown, format_func=names.get, key="first")
 others = [r for r in shown if r != first_id]
-second_id = pick_second.selectbox("Compare with", [None, *others], index=1 if others else 0, key="second",
-                                  bind="query-params",
+_common.run_in_url("second", [None, *others], others[0] if others else None)
+second_id = pick_second.selectbox("Compare with", [None, *others], key="second",
                                   format_func=lambda r: "No second run" if r is None else names[r])
+_common.keep_in_url("first", first_id, shown[0])
+_common.keep_in_url("second", second_id or "none", others[0] if others else "none")
 normalized = pick_scale.toggle("Share of each true class", value=True, key="share", bind="query-params",
                                help="On: each row shows how that class's test images were predicted, in %. "
                                     "Off: image counts.")

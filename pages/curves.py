@@ -57,7 +57,6 @@ if not gap.empty:
     percent = ["Training accuracy", "Validation accuracy", "Accuracy gap at best epoch", "Accuracy gap at last epoch"]
     st.dataframe(gap.style.format({c: "{:.1%}" for c in percent} | {"Loss gap at last epoch": "{:.3f}"}),
                  hide_index=True, width="stretch", column_config={
-                     "Run": st.column_config.Column(width="large"),
                      "Accuracy gap at best epoch": st.column_config.Column("Gap at best epoch"),
                      "Accuracy gap at last epoch": st.column_config.Column("Gap at last epoch"),
                      "Loss gap at last epoch": st.column_config.Column(

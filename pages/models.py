@@ -33,17 +33,18 @@ measured = _common.comparison()
 if measured.empty:
     _common.no_runs_message()
 
-left, middle, right = st.columns([3, 3, 2], vertical_alignment="bottom")
+left, right = st.columns(2, vertical_alignment="bottom")
 models = left.multiselect("Model", sorted(measured[d.MODEL].dropna().unique()), placeholder="All models",
                           key="model", bind="query-params")
-text = middle.text_input("Search runs and notes", placeholder="e.g. resnet, augment, a run's last 4 characters",
+text = right.text_input("Search runs and notes", placeholder="e.g. resnet, augment, a run's last 4 characters",
                          key="search", bind="query-params")
-show_study = right.toggle("Show the study's results", value=True, key="study", bind="query-params",
+study_toggle, scope_toggle, details_toggle = st.columns(3)
+show_study = study_toggle.toggle("Show the study's results", value=True, key="study", bind="query-params",
                           help="The published Figure 2.1 of the study, as grey reference rows")
-every_run = right.toggle("Every run, not only those selected", value=False, key="all_runs", bind="query-params",
+every_run = scope_toggle.toggle("Every run, not only those selected", value=False, key="all_runs", bind="query-params",
                          help="Off: the runs chosen in the sidebar under Runs to compare. On: every run on disk "
                               "except those the team has hidden.")
-details = right.toggle("Architecture and training details", value=False, key="details", bind="query-params",
+details = details_toggle.toggle("Architecture and training details", value=False, key="details", bind="query-params",
                        help="Model, parameters, layers, augmentation, optimizer, hardware and notes")
 
 chosen = _common.selected()

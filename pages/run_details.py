@@ -14,8 +14,10 @@ names = _common.labels()
 hidden = _common.marks().hidden
 choices = run_ids + [r for r, _ in _common.runs() if r not in run_ids and r not in hidden] + \
     [r for r, _ in _common.runs() if r in hidden and r not in run_ids]
-run_id = st.selectbox("Run", choices, key="details_run", bind="query-params",
+_common.run_in_url("details_run", choices, choices[0])
+run_id = st.selectbox("Run", choices, key="details_run",
                       format_func=lambda r: names[r] + (" · hidden" if r in hidden else ""))
+_common.keep_in_url("details_run", run_id, choices[0])
 metadata = _common.metadata(run_id)
 metrics = _common.table(run_id, "metrics").iloc[0]
 

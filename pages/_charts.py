@@ -41,7 +41,8 @@ def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame 
         fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers+text", name=model,
                                  text=group[dashboard.RUN], texttemplate=[dashboard.point_label(r)
                                                                           for r in group[dashboard.RUN]],
-                                 textposition="top center", textfont=dict(size=11), hovertemplate=hover,
+                                 textposition=_label_sides(group[cost], points[cost]),
+                                 textfont=dict(size=11), hovertemplate=hover,
                                  cliponaxis=False,
                                  marker=dict(size=11, color=colours[model], line=dict(width=1, color="white"))))
     best = dashboard.pareto_frontier(points, cost)
@@ -65,6 +66,16 @@ def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame 
         # From zero, with room on the right for the last point's label.
         fig.update_xaxes(range=[0, costs.max() * 1.25], nticks=8, tickformat="~s" if costs.max() >= 1000 else "")
     return fig
+
+
+def _label_sides(xs: pd.Series, every_x: pd.Series) -> list[str]:
+    """Point labels lean away from the nearer edge of the chart, so none runs
+    off it or over the axis (a lone point's label is centred)."""
+    low, high = every_x.min(), every_x.max()
+    if low == high:
+        return ["top center"] * len(xs)
+    middle = (low * high) ** 0.5 if low > 0 and high / low > 10 else (low + high) / 2
+    return ["top left" if x > middle else "top right" for x in xs]
 
 
 def _log_ticks(low: float, high: float) -> list[float]:

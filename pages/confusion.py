@@ -7,7 +7,7 @@ import streamlit as st
 from cifar import CLASS_NAMES, dashboard as d
 from pages import _charts, _common
 
-PERCENT = st.column_config.NumberColumn(format="percent")
+PERCENT = "{:.1%}"  # one decimal everywhere (Streamlit's "percent" drops trailing zeros: 13% beside 12.45%)
 SCORES = {"f1": "F1", "precision": "Precision", "recall": "Recall"}
 
 _common.start_page("Confusion")
@@ -52,8 +52,8 @@ if matrices.open:
 
 if cat_dog_tab.open:
     cat_dog = d.cat_dog_table(confusions)
-    cat_dog_tab.dataframe(cat_dog, hide_index=True,
-                          column_config={"Share of cats": PERCENT, "Share of dogs": PERCENT})
+    cat_dog_tab.dataframe(cat_dog.style.format({"Share of cats": PERCENT, "Share of dogs": PERCENT}, na_rep="—"),
+                          hide_index=True)
     cat_dog_tab.plotly_chart(_charts.cat_dog(cat_dog), width="stretch")
 
 if mistakes.open:
@@ -65,8 +65,8 @@ if mistakes.open:
             st.session_state.true_class = pairs["True class"].iloc[rows[0]]
             st.session_state.predicted_class = pairs["Predicted as"].iloc[rows[0]]
 
-    mistakes.dataframe(pairs, hide_index=True, key="pairs", on_select=show_pair_images,
-                       selection_mode="single-row", column_config={"Average share of true class": PERCENT})
+    mistakes.dataframe(pairs.style.format({"Average share of true class": PERCENT}), hide_index=True, key="pairs",
+                       on_select=show_pair_images, selection_mode="single-row")
     mistakes.caption("Ranked by the share of the true class sent to the wrong class, averaged over the selected "
                      "runs; the other columns count images per run. Select a row to see its images below.")
     mistakes.subheader(f"Test images behind a mistake, from {first}")

@@ -23,9 +23,7 @@ limit_mb = st.get_option("server.maxUploadSize")
 
 uploads = st.file_uploader(f"Upload images: JPEG, PNG, WebP, BMP or GIF, up to {limit_mb} MB each",
                            accept_multiple_files=True, key="uploads")
-if st.button("Draw a random test image", icon=":material/casino:",
-             help="Drawn from the whole test set of the first selected run, so right and wrong answers come up "
-                  "as often as in its evaluation"):
+if st.button("Draw a random test image", icon=":material/casino:"):
     with _common.friendly_errors():
         drawn = d.pick_random_image(_common.table(run_ids[0], "gallery"), _common.table(run_ids[0], "predictions"),
                                     np.random.default_rng())

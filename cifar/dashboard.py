@@ -577,7 +577,8 @@ HISTORY_NAMES = {"epoch": "Epoch", "accuracy": "Training accuracy", "loss": "Tra
 def history_table(history: pd.DataFrame) -> pd.DataFrame:
     """The per-epoch table with readable column names (unknown columns keep
     theirs) and numbers rounded to what a person compares."""
-    return history.round(4).rename(columns=HISTORY_NAMES)
+    seconds = [c for c in history.columns if "seconds" in c]
+    return history.round(4).round({c: 1 for c in seconds}).rename(columns=HISTORY_NAMES)
 
 
 def best_epoch_text(metadata: dict) -> str:

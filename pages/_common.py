@@ -185,7 +185,7 @@ def selection_sidebar() -> None:
                            "so a copied link opens the same comparison.")
     hidden = len(every) - len(visible_runs())
     st.sidebar.caption(f"{len(every)} runs on disk{f' ({hidden} hidden)' if hidden else ''} · "
-                       f"{len(selected())} selected · ★ reference run")
+                       f"{len(selected())} selected{' · ★ reference run' if current.reference else ''}")
     if selected():
         st.query_params[URL_PARAM] = selected()
     elif URL_PARAM in st.query_params:

@@ -23,7 +23,7 @@ _common.run_in_url("first", shown, shown[0])
 first_id = pick_first.selectbox("Run", shown, format_func=names.get, key="first")
 others = [r for r in shown if r != first_id]
 _common.run_in_url("second", [None, *others], others[0] if others else None)
-second_id = pick_second.selectbox("Compare with", [None, *others], key="second",
+second_id = pick_second.selectbox("Compare with", [None, *others], key="second", placeholder="No second run",
                                   format_func=lambda r: "No second run" if r is None else names[r])
 _common.keep_in_url("first", first_id, shown[0])
 _common.keep_in_url("second", second_id or "none", others[0] if others else "none")

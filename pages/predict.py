@@ -65,4 +65,5 @@ for title, image, true_class, note in images:
         guesses.warning(d.unlike_cifar(image), icon=":material/help:")
     guesses.dataframe(d.prediction_rows(results, true_class), hide_index=True, column_config=COLUMNS)
     guesses.caption(f"Confidence is low when the best guess is under {d.LOW_CONFIDENCE:.0%}: the model is "
-                    "unsure, often because the image is unlike CIFAR-10's ten classes.")
+                    "unsure, often because the image is unlike CIFAR-10's ten classes. Time: one image on this "
+                    "server, median of 5 calls after a warm-up.")

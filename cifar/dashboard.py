@@ -31,18 +31,20 @@ MAX_DEFAULT_SELECTION = 6
 
 # ---------------------------------------------------------------- run labels
 
-def run_label(run_id: str, metadata: dict, reference: bool = False) -> str:
+def run_label(run_id: str, metadata: dict, reference: bool = False, tags: bool = True) -> str:
     """What a person reads for a run: model, id suffix, start time, and what
     sets it apart: a reference run (★), a subset or short run, a transfer
-    model trained without ImageNet weights."""
+    model trained without ImageNet weights (`tags=False` leaves subset and
+    short to the Models table's own "Run type" column)."""
     model = metadata.get("model") or run_id.split("-")[1]
     try:
         started = _dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").strftime("%d %b %H:%M")
     except ValueError:
         started = run_id[:16]
     label = f"{'★ ' if reference else ''}{model} · {run_id[-4:]} · {started}"
-    tags = run_tags(metadata) + (["no ImageNet weights"] if metadata.get("imagenet_weights") is False else [])
-    return " · ".join([label, *tags])
+    extra = (run_tags(metadata) if tags else []) + (
+        ["no ImageNet weights"] if metadata.get("imagenet_weights") is False else [])
+    return " · ".join([label, *extra])
 
 
 def run_tags(metadata: dict) -> list[str]:
@@ -52,19 +54,18 @@ def run_tags(metadata: dict) -> list[str]:
     tags = []
     limit = config.get("limit_per_class")
     if isinstance(limit, int) and limit > 0:
-        tags.append(f"subset: {limit} images per class")
+        tags.append(f"subset {limit}/class")
     planned, recipe = metadata.get("epochs_planned"), metadata.get("recipe_epochs")
     if isinstance(planned, int) and isinstance(recipe, int) and planned < recipe:
-        tags.append(f"short: {planned} of {recipe} epochs")
+        tags.append(f"short {planned}/{recipe} epochs")
     return tags
 
 
 def run_type(metadata: dict, reference: bool) -> str:
-    """The Models table's "Run type": Reference, Full run, or what makes it partial."""
-    if reference:
-        return "★ Reference"
+    """The Models table's "Run type": ★ Reference, Full run, or what makes it partial."""
     tags = run_tags(metadata)
-    return "; ".join(tag.capitalize() for tag in tags) if tags else "Full run"
+    text = ", ".join((["★ Reference"] if reference else []) + tags) or "Full run"
+    return text[:1].upper() + text[1:]
 
 
 def imagenet_text(value) -> str:
@@ -102,12 +103,12 @@ SOURCE, RUN, MODEL, RUN_TYPE = "Source", "Run", "Model", "Run type"
 PARAMS, LAYERS, EPOCHS, BEST_EPOCH = "Parameters", "Layers", "Epochs run", "Best epoch"
 AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER = "Augmentation", "BatchNorm", "Dropout", "Optimizer"
 ACCURACY, LOSS, F1, RECALL = "Test accuracy", "Test loss", "Macro F1", "Macro recall"
-TRAIN_MINUTES, HARDWARE, PRECISION = "Training time (min)", "Hardware", "Precision"
+TRAIN_MINUTES, HARDWARE, PRECISION = "Training (min)", "Hardware", "Precision"
 IMAGENET, LATENCY, NOTES = "ImageNet weights", "Latency (ms)", "Notes"
 # What a stakeholder reads first: the results, right after the run's name;
 # the architecture and training details follow (DETAIL_COLUMNS, shown on demand).
-RESULT_COLUMNS = [RUN, ACCURACY, LOSS, F1, LATENCY, RUN_TYPE, TRAIN_MINUTES, EPOCHS]
-DETAIL_COLUMNS = [MODEL, RECALL, PARAMS, LAYERS, BEST_EPOCH, AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER,
+RESULT_COLUMNS = [RUN, ACCURACY, LOSS, F1, LATENCY, TRAIN_MINUTES, RUN_TYPE]
+DETAIL_COLUMNS = [MODEL, EPOCHS, RECALL, PARAMS, LAYERS, BEST_EPOCH, AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER,
                   HARDWARE, PRECISION, IMAGENET, SOURCE, NOTES]
 TABLE_COLUMNS = RESULT_COLUMNS + DETAIL_COLUMNS
 # Which way is better for each highlighted column: fewer parameters is
@@ -122,8 +123,9 @@ def measured_row(run_id: str, metadata: dict, metrics: dict, reference: bool = F
     config = metadata.get("config") or {}
     hardware = ((metadata.get("environment") or {}).get("hardware") or {}).get("label")
     return {
-        "run_id": run_id, SOURCE: MEASURED_SOURCE, RUN: run_label(run_id, metadata, reference),
-        RUN_TYPE: run_type(metadata, reference), MODEL: metadata.get("model"), PARAMS: params.get("total"), LAYERS: metadata.get("layers"),
+        "run_id": run_id, SOURCE: MEASURED_SOURCE, RUN: run_label(run_id, metadata, reference, tags=False),
+        RUN_TYPE: run_type(metadata, reference), "partial": bool(run_tags(metadata)), MODEL: metadata.get("model"), PARAMS: params.get("total"),
+        LAYERS: metadata.get("layers"),
         EPOCHS: metadata.get("epochs_run"), BEST_EPOCH: metadata.get("best_epoch"),
         AUGMENT: yes_no(metadata.get("augmentation")), BATCHNORM: yes_no(metadata.get("batchnorm")),
         DROPOUT: yes_no(metadata.get("dropout")), OPTIMIZER: metadata.get("optimizer"),
@@ -144,7 +146,7 @@ def comparison_table(runs: list[tuple[str, dict]], metrics: dict[str, dict],
     """Every measured run as one row of the results table, newest first."""
     rows = [measured_row(run_id, metadata, metrics.get(run_id, {}), run_id in reference)
             for run_id, metadata in reversed(runs)]
-    return _typed(pd.DataFrame(rows, columns=["run_id", *TABLE_COLUMNS]))
+    return _typed(pd.DataFrame(rows, columns=["run_id", "partial", *TABLE_COLUMNS]))
 
 
 def study_results() -> pd.DataFrame:
@@ -159,7 +161,7 @@ def study_rows(study: pd.DataFrame) -> pd.DataFrame:
     who = study.developer.where(~study.duplicated(["model_architecture", "developer"], keep=False),
                                 study.developer + ", " + study.epochs.astype(str) + " epochs")
     rows = pd.DataFrame({
-        "run_id": None, SOURCE: STUDY_SOURCE, RUN_TYPE: "Published study",
+        "run_id": None, "partial": False, SOURCE: STUDY_SOURCE, RUN_TYPE: "Published study",
         RUN: "Study: " + study.model_architecture + " (" + who + ")",
         MODEL: study.model_architecture, PARAMS: study.params, LAYERS: study.total_layers,
         EPOCHS: study.epochs, BEST_EPOCH: np.nan,
@@ -170,7 +172,7 @@ def study_rows(study: pd.DataFrame) -> pd.DataFrame:
         IMAGENET: study.imagenet_weights.map(lambda v: imagenet_text(None if pd.isna(v) else v)),
         LATENCY: np.nan, NOTES: study.comments.fillna(""),
     })
-    return _typed(rows[["run_id", *TABLE_COLUMNS]])
+    return _typed(rows[["run_id", "partial", *TABLE_COLUMNS]])
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -192,12 +194,15 @@ def filter_table(table: pd.DataFrame, models: list[str] | None = None, text: str
 
 
 def best_cells(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a measured run holds the best value of a BEST_IS column.
+    """True where a full measured run holds the best value of a BEST_IS column.
 
     Published rows never count: they were measured elsewhere, on other
-    hardware, so they are compared by eye, not crowned."""
+    hardware, so they are compared by eye, not crowned. Nor do subset and
+    short runs: a run that trained less is trivially quicker."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
-    measured = table[table[SOURCE] == MEASURED_SOURCE]
+    partial = table["partial"].fillna(False).astype(bool) if "partial" in table else \
+        pd.Series(False, index=table.index)
+    measured = table[(table[SOURCE] == MEASURED_SOURCE) & ~partial]
     for column, direction in BEST_IS.items():
         values = measured[column].dropna()
         if not values.empty:

@@ -106,8 +106,9 @@ def curves(long: pd.DataFrame, best: pd.DataFrame, colours: dict[str, str], y_ti
         train = group[group.split == "Training"]
         for split, frame in group.groupby("split", sort=False):
             fill = "tonexty" if shade_gap and split == "Validation" and not train.empty else None
-            fig.add_trace(go.Scatter(
-                x=frame.x, y=frame.value, mode="lines", name=f"{run} — {split.lower()}",
+            fig.add_trace(go.Scatter(  # one epoch is a point, not an invisible line
+                x=frame.x, y=frame.value, mode="lines" if len(frame) > 1 else "markers",
+                name=f"{run} — {split.lower()}",
                 legendgroup=run, line=dict(color=colour, width=2, dash=_DASHES.get(split, "solid")),
                 fill=fill, fillcolor=_rgba(colour, 0.12),
                 hovertemplate=f"{run}<br>{split}: %{{y:.4g}}<extra></extra>"))

@@ -7,6 +7,13 @@ import streamlit as st
 from cifar import dashboard as d
 from pages import _charts, _common
 
+# Short headers, so that long run names and every column fit at 1440 px.
+GAP_HEADERS = {"Training accuracy": ("Train acc.", "Training accuracy at the best epoch"),
+               "Validation accuracy": ("Val. acc.", "Validation accuracy at the best epoch"),
+               "Accuracy gap at best epoch": ("Gap (best)", "Training minus validation accuracy, best epoch"),
+               "Accuracy gap at last epoch": ("Gap (last)", "Training minus validation accuracy, last epoch"),
+               "Loss gap at last epoch": ("Loss gap (last)", "Validation minus training loss, last epoch")}
+
 _common.start_page("Learning curves")
 run_ids = _common.require_selection()
 names = _common.labels()
@@ -56,10 +63,8 @@ if without:
 if not gap.empty:
     percent = ["Training accuracy", "Validation accuracy", "Accuracy gap at best epoch", "Accuracy gap at last epoch"]
     st.dataframe(gap.style.format({c: "{:.1%}" for c in percent} | {"Loss gap at last epoch": "{:.3f}"}),
-                 hide_index=True, width="stretch", column_config={
-                     "Accuracy gap at best epoch": st.column_config.Column("Gap at best epoch"),
-                     "Accuracy gap at last epoch": st.column_config.Column("Gap at last epoch"),
-                     "Loss gap at last epoch": st.column_config.Column(
-                         "Loss gap, last epoch", help="Validation loss minus training loss")})
+                 hide_index=True, width="stretch",
+                 column_config={column: st.column_config.Column(header, help=help_text)
+                                for column, (header, help_text) in GAP_HEADERS.items()})
     st.caption("Gaps are training minus validation accuracy: near zero is healthy, ten points or more is clear "
                "overfitting.")

@@ -14,8 +14,8 @@ HELP = {d.LATENCY: "Median time to classify one image, measured on the machine t
         d.TRAIN_MINUTES: "Time spent in training epochs, on the hardware shown",
         d.PARAMS: "Total weights, trainable and frozen", d.F1: "F1 averaged over the 10 classes",
         d.IMAGENET: "Transfer models: whether training started from ImageNet weights",
-        d.RUN_TYPE: "★ Reference: marked by the team (Run details). Subset: trained on part of the images. "
-                    "Short: fewer epochs than the model's recipe. Neither is comparable with a full run."}
+        d.RUN_TYPE: "★ Reference: marked by the team (Run details). Subset N/class: trained on N images per "
+                    "class. Short E/R epochs: E of its recipe's R epochs. Neither is comparable with a full run."}
 
 
 def styled(table: pd.DataFrame):
@@ -62,9 +62,9 @@ if table_tab.open:
                         height=min(36 + 35 * len(shown), 640),
                         column_config={d.RUN: st.column_config.Column(pinned=True)} |
                                       {c: st.column_config.Column(help=h) for c, h in HELP.items()})
-    scope = (f"every run on disk but {len(measured) - len(visible)} hidden" if every_run and len(measured) > len(visible)
-             else "every run on disk" if every_run else
-             f"the {len(chosen)} run{'s' if len(chosen) != 1 else ''} selected in the sidebar")
+    hidden = len(measured) - len(visible)
+    scope = (f"every run on disk but {hidden} hidden" if every_run and hidden else "every run on disk" if every_run
+             else f"the {len(chosen)} run{'s' if len(chosen) != 1 else ''} selected in the sidebar")
     table_tab.caption(f"{len(shown)} row{'s' if len(shown) != 1 else ''}: {scope}"
                       f"{' and the study' if show_study else ''}. Click a column header to sort. **Green**: the "
                       "best measured value in its column (highest accuracy, F1 and recall; lowest loss, time, "

@@ -41,11 +41,12 @@ def test_subset_and_short_runs_are_labelled_and_never_displace_full_runs():
     only_quick = run(5, "fast_cnn", config={"limit_per_class": 50})
     hidden, reference = run(6, "cnn_regularized"), run(1, "vgg16_transfer")
     runs = [reference, full, subset, short, only_quick, hidden]
-    assert d.run_label(*subset).endswith("· subset: 50 images per class")
-    assert d.run_label(*short).endswith("· short: 1 of 15 epochs")
+    assert d.run_label(*subset).endswith("· subset 50/class")
+    assert d.run_label(*short).endswith("· short 1/15 epochs")
     assert d.run_label(*reference, reference=True).startswith("★ vgg16_transfer")
     assert d.run_label(*full) == "cnn_baseline · 0002 · 02 Nov 00:00"
-    assert d.run_type(short[1], False) == "Short: 1 of 15 epochs" and d.run_type(full[1], True) == "★ Reference"
+    assert d.run_type(short[1], False) == "Short 1/15 epochs" and d.run_type(full[1], True) == "★ Reference"
+    assert d.run_type(full[1], False) == "Full run"
     chosen = d.default_selection(runs, reference=frozenset({reference[0]}), hidden=frozenset({hidden[0]}))
     # the full cnn_baseline run beats its two newer quick runs; fast_cnn has only a quick run, so it shows
     assert chosen == sorted([reference[0], full[0], only_quick[0]])
@@ -65,6 +66,14 @@ def test_marks_are_one_file_beside_the_runs_and_survive_damage():
         run_marks.set_mark(run_id, "favourite", True)
     artifacts.marks_path().write_text("{ damaged")
     assert run_marks.read_marks() == run_marks.Marks()
+
+
+def test_a_partial_run_is_never_crowned_best():
+    table = pd.DataFrame({d.SOURCE: d.MEASURED_SOURCE, "partial": [False, True], d.ACCURACY: [0.9, 0.1],
+                          d.LOSS: [0.5, 2.0], d.F1: np.nan, d.RECALL: np.nan, d.TRAIN_MINUTES: [90.0, 0.5],
+                          d.LATENCY: [16.0, 2.0], d.PARAMS: [2e6, 2e6]})
+    best = d.best_cells(table)
+    assert best[d.TRAIN_MINUTES].tolist() == [True, False] and best[d.LATENCY].tolist() == [True, False]
 
 
 def test_study_rows_have_unique_names_and_the_table_puts_results_first():
@@ -153,7 +162,7 @@ def test_models_page_shows_the_selection_then_every_visible_run_with_details_on_
     app.toggle(key="all_runs").set_value(True).run()
     measured = frame(app, d.ACCURACY).dropna(subset=["run_id"]).set_index("run_id")
     assert set(measured.index) == {r.run_id for r in made[:3]} | {quick.run_id}  # the hidden one stays out
-    assert measured.loc[quick.run_id, d.RUN_TYPE] == "Subset: 50 images per class"
+    assert measured.loc[quick.run_id, d.RUN_TYPE] == "Subset 50/class"
 
 
 def test_a_copied_link_reopens_the_same_confusion_pair_and_run_details_run():

@@ -32,31 +32,32 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame | None = None,
              log_x: bool = True) -> go.Figure:
-    """Accuracy against a cost; the dashed line joins the runs nothing beats."""
+    """Accuracy against a cost; the dashed line joins the full runs nothing beats."""
     fig = go.Figure()
     hover = "%{text}<br>accuracy %{y:.1%}<br>" + cost + " %{x:,.4g}<extra></extra>"
     points = measured.dropna(subset=[cost, dashboard.ACCURACY])
+    study = study.dropna(subset=[cost]) if study is not None else points.iloc[:0]
+    costs = pd.concat([points[cost], study[cost]])
     colours = run_colours(sorted(points[dashboard.MODEL].unique()))
     for model, group in points.groupby(dashboard.MODEL):
         fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers+text", name=model,
                                  text=group[dashboard.RUN], texttemplate=[dashboard.point_label(r)
                                                                           for r in group[dashboard.RUN]],
-                                 textposition=_label_sides(group[cost], points[cost]),
+                                 textposition=_label_sides(group[cost], costs),
                                  textfont=dict(size=11), hovertemplate=hover,
                                  cliponaxis=False,
                                  marker=dict(size=11, color=colours[model], line=dict(width=1, color="white"))))
-    best = dashboard.pareto_frontier(points, cost)
+    full = points[~points["partial"].fillna(False).astype(bool)] if "partial" in points else points
+    best = dashboard.pareto_frontier(full, cost)  # a run that trained less is trivially cheaper
     if len(best) > 1:
         fig.add_trace(go.Scatter(x=best[cost], y=best[dashboard.ACCURACY], mode="lines", name="Best trade-off",
                                  line=dict(color="#444", dash="dash", width=1.5), hoverinfo="skip"))
-    study = study.dropna(subset=[cost]) if study is not None else points.iloc[:0]
     if not study.empty:
         fig.add_trace(go.Scatter(x=study[cost], y=study[dashboard.ACCURACY], mode="markers",
                                  name="Published study (reference)", text=study[dashboard.RUN], hovertemplate=hover,
                                  marker=dict(symbol="diamond-open", size=11, color=STUDY_COLOUR, line=dict(width=2))))
     fig.update_layout(title=title, xaxis_title=cost, yaxis_title="Test accuracy", yaxis_tickformat=".0%",
                       height=420, **_LAYOUT)
-    costs = pd.concat([points[cost], study[cost]])
     # A log axis only when the costs span more than a factor of ten; otherwise
     # it would show one or two ticks, and a plain axis reads better.
     if log_x and len(costs) and costs.min() > 0 and costs.max() / costs.min() > 10:

@@ -79,5 +79,6 @@ if chart_tab.open:
                             width="stretch")
     speed_chart.plotly_chart(_charts.frontier(runs_shown, d.LATENCY, "Accuracy against latency per image"),
                              width="stretch")
-    chart_tab.caption("The dashed line joins the runs that nothing beats: no other run is both more accurate "
-                      "and cheaper. The study reports no latency, so its diamonds appear on the size chart only.")
+    chart_tab.caption("The dashed line joins the full runs that nothing beats: no other run is both more accurate "
+                      "and cheaper (subset and short runs are shown but never join it). The study reports no "
+                      "latency, so its diamonds (hover for their names) appear on the size chart only.")

@@ -8,7 +8,8 @@ from cifar import dashboard as d, predict
 from cifar.errors import CifarError, ImageError
 from pages import _common
 
-COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
+COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0,
+                                                          width="small"),  # room for every column at 1440 px
            "Confidence": st.column_config.Column(help=d.CONFIDENCE_HELP),
            "Correct": st.column_config.Column(help="Whether the best guess is the image's true class"),
            "Time (ms)": st.column_config.NumberColumn(

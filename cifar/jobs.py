@@ -1,8 +1,12 @@
 """Background training jobs: a durable queue that outlives the dashboard.
 
-A job is one `python -m cifar train ...` run launched for someone, recorded
-in SQLite under `artifacts.jobs_dir()` so every dashboard session, the CLI
-and a restarted Streamlit process all see the same jobs:
+A job is one training run launched for someone. It stores the run's
+resolved config (`Job.config`, the RunConfig as JSON, settled when it was
+submitted: fine-tuning's donor run included), never a command line; a
+backend runs `python -m cifar` with `training_command(job)`. The local
+backend records jobs in SQLite under `artifacts.jobs_dir()` so every
+dashboard session, the CLI and a restarted Streamlit process all see the
+same jobs:
 
     queued -> running -> succeeded | failed | cancelled | lost
                   lost | failed -> (resume) -> queued, as a new attempt
@@ -11,7 +15,7 @@ Pages talk to a `JobBackend` (submit, get, list_jobs, cancel, logs, resume)
 and never learn how a job runs. `LocalProcessBackend` (cifar/jobs_local.py)
 runs jobs on this machine; a Ray Jobs backend can implement the same six methods with
 `JobSubmissionClient.submit_job(entrypoint=...)`, `get_job_status`,
-`stop_job` and `get_job_logs`, reusing `Job.args` as the entrypoint.
+`stop_job` and `get_job_logs`, with `training_command(job)` as the entrypoint.
 
 How the local backend works: see `cifar/jobs_local.py`.
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifar import artifacts
+from cifar.config import RunConfig
 from cifar.errors import CifarError
 
 ACTIVE = ("queued", "running")
@@ -81,7 +86,7 @@ class Job:
     id: int
     run_id: str
     model: str
-    args: list[str]
+    config: dict  # the resolved RunConfig (RunConfig.to_dict()) the job trains
     status: str
     submitted_by: str
     created_at: float
@@ -146,8 +151,9 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
-        """Queue a training (model + training-flag overrides); an identical queued or
-        running request returns that job with `reused=True`."""
+        """Queue a training: `model` with `overrides` of its recipe (RunConfig field
+        names; None means the recipe's), resolved now by `prepare_request`. An
+        identical queued or running request returns that job with `reused=True`."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...
@@ -178,41 +184,30 @@ def get_backend() -> JobBackend:
 
 # ---------------------------------------------------------------- requests
 
-def prepare_request(model: str, overrides: dict | None) -> tuple[list[str], str]:
-    """Validate a request as `train` would; return (argv after `python -m cifar`, config key).
+def prepare_request(model: str, overrides: dict | None) -> tuple[RunConfig, str]:
+    """Resolve a request as `train` would; return (its config, a key for dedupe).
 
     Fine-tuning's donor run is chosen now, so the job trains what was asked
-    even if newer runs appear while it waits. A local data path becomes
-    absolute, because the job does not run in the submitter's folder."""
-    import argparse
-
-    from cifar.cli import add_training_flags, resolve_training_config
-    parser = argparse.ArgumentParser(add_help=False)
-    add_training_flags(parser)
-    # The flags' names live in one place, cli.add_training_flags; argparse lists them in _actions.
-    actions = {a.dest: a for a in parser._actions}
-    request = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(request) - set(actions))
-    if unknown:
-        raise CifarError(f"unknown training settings {unknown}; known: {sorted(actions)}")
-    data = request.get("data")
-    if data and data != "keras":
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise CifarError(f"data source '{data}' does not exist on the training machine")
-        request["data"] = str(path.resolve())
-    config = resolve_training_config(model, request)  # fills init_from_run / input_size in request
-    argv = []
-    for dest, value in request.items():
-        if value is None:
-            continue
-        action = actions[dest]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(action.option_strings[0 if value else 1])
-        else:
-            argv += [action.option_strings[0], str(value)]
+    even if newer runs appear while it waits. A local data path must exist
+    now (and becomes absolute), because the job does not run in the
+    submitter's folder."""
+    from cifar.config import resolve_config
+    config = resolve_config(model, overrides)
+    if config.data != "keras" and not Path(config.data).exists():
+        raise CifarError(f"data source '{config.data}' does not exist on the training machine")
     key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-    return ["train", model, *argv], key
+    return config, key
+
+
+def training_command(job: Job) -> list[str]:
+    """The arguments after `python -m cifar` that run the job's next attempt: its
+    first trains from the stored config; a later one resumes from the run's last
+    checkpoint when there is one (else it starts over, from the same config)."""
+    if job.attempt > 0 and artifacts.work_dir(job.run_id).exists():
+        return ["resume", job.run_id, "--quiet"]
+    if not job.config:
+        raise JobError(f"job {job.id} has no stored config (queued by an older version); submit it again")
+    return ["train", "--config", json.dumps(job.config, sort_keys=True), "--run-id", job.run_id, "--quiet"]
 
 
 def data_source_choices() -> list[str]:

@@ -22,7 +22,7 @@ JOBS_EXAMPLES = """examples:
 
 
 def add_jobs_parser(subparsers) -> None:
-    from cifar.cli import add_training_flags
+    from cifar.config import add_config_flags
     jobs = subparsers.add_parser("jobs", help="queue trainings in the background (as the dashboard does)",
                                  epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
@@ -35,7 +35,7 @@ def add_jobs_parser(subparsers) -> None:
     submit.add_argument("model", help="a registry name (see: python -m cifar models)")
     submit.add_argument("--wait", action="store_true",
                         help="block until the job ends; exit 0 only if it succeeded")
-    add_training_flags(submit)
+    add_config_flags(submit)
 
     cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
     cancel.add_argument("job_id", type=int)
@@ -67,8 +67,8 @@ def run_jobs_command(args) -> int:
             print(_line(job))
         return 0
     if command == "submit":
-        from cifar.cli import training_overrides
-        job = backend.submit(args.model, training_overrides(args), submitted_by=_whoami())
+        from cifar.config import config_overrides
+        job = backend.submit(args.model, config_overrides(args), submitted_by=_whoami())
         print(f"{'already queued as' if job.reused else 'queued'} job {job.id} (run {job.run_id})")
         return _wait(backend, job.id) if args.wait else 0
     if command == "cancel":

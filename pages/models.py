@@ -14,6 +14,7 @@ HELP = {d.LATENCY: "Median time to classify one image, measured on the machine t
         d.TRAIN_MINUTES: "Time spent in training epochs, on the hardware shown",
         d.PARAMS: "Total weights, trainable and frozen", d.F1: "F1 averaged over the 10 classes",
         d.IMAGENET: "Transfer models: whether training started from ImageNet weights",
+        d.ACCURACY_CI: "95% Wilson score interval of the test accuracy, over the run's test images",
         d.RUN_TYPE: "★ Reference: marked by the team (Run details). Subset N/class: trained on N images per "
                     "class. Short E/R epochs: E of its recipe's R epochs. Neither is comparable with a full run."}
 
@@ -69,7 +70,9 @@ if table_tab.open:
                       f"{' and the study' if show_study else ''}. Click a column header to sort. **Green**: the "
                       "best measured value in its column (highest accuracy, F1 and recall; lowest loss, time, "
                       "latency and parameters). **Grey rows** are the study's published results (Figure 2.1): "
-                      "measured by its authors on their hardware, not re-run here, and never counted as best.")
+                      "measured by its authors on their hardware, not re-run here, and never counted as best. "
+                      "**Accuracy 95% CI**: Wilson score interval over the run's test images; whether two runs "
+                      "really differ is on the Compare page.")
 
 if chart_tab.open:
     runs_shown = shown[shown[d.SOURCE] == d.MEASURED_SOURCE]

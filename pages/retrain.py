@@ -69,7 +69,7 @@ elif policy.needs_token:
 
 with st.form("retrain"):
     model = st.selectbox("Model", list(REGISTRY), key="retrain_model",
-                         format_func=lambda name: f"{name}: {REGISTRY[name].recipe.summary}")
+                         format_func=lambda name: f"{name}: {REGISTRY[name].summary}")
     left, right = st.columns(2)
     epochs = left.number_input("Epochs", key="retrain_epochs", min_value=1, value=None, step=1,
                                placeholder="the recipe's")

@@ -82,7 +82,7 @@ def test_a_wrong_token_is_refused_on_submit_and_on_cancel(no_worker, monkeypatch
     assert "Queued as job 1" in texts(at.success)
     [job] = no_worker.list_jobs()
     assert job.status == "queued" and job.submitted_by == "team token"
-    assert "--limit-per-class 2" in " ".join(job.args)
+    assert job.config["limit_per_class"] == 2
 
     at.text_input(key="retrain_token").input("guess")
     at.button(key="cancel-1").click().run()

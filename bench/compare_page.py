@@ -1,0 +1,69 @@
+"""Server time of the Compare page for 2 and 10 selected runs.
+
+    python -m bench.compare_page [--runs 2 10] [--rounds 5] [--images 10000]
+
+Writes fixture runs (tests/fixture_runs.py, `--images` test images each)
+under a temporary artifacts root, opens the Compare page with Streamlit's
+AppTest (the script alone, no browser) and times each tab: the first visit
+(table caches cold, imports done) and the median of `--rounds` later reruns
+(what a click on the page costs the server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent.parent / "streamlit_app.py"
+TABS = ["Is the difference real?", "Calibration", "Where they differ", "Label doubts"]
+
+
+def measure(count: int, rounds: int, images: int) -> dict[str, tuple[float, float]]:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.fixture_runs import clear_runs, make_many_runs, past_first_request
+
+    clear_runs()
+    run_ids = [run.run_id for run in make_many_runs(count, n_test=images)]
+    st.cache_data.clear()
+    timings = {}
+    with past_first_request():
+        app = AppTest.from_file(str(APP), default_timeout=600)
+        app.query_params["run"] = run_ids
+        app.run()
+        app.switch_page("pages/compare.py").run()
+        for tab in TABS:
+            app.session_state["compare_view"] = tab
+            start = time.perf_counter()
+            app.run()
+            first = time.perf_counter() - start
+            if app.exception:
+                raise RuntimeError(app.exception)
+            later = []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                app.run()
+                later.append(time.perf_counter() - start)
+            timings[tab] = (first, statistics.median(later))
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, nargs="+", default=[2, 10])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--images", type=int, default=10_000)
+    args = parser.parse_args()
+    os.environ["CIFAR_ARTIFACTS"] = tempfile.mkdtemp(prefix="cifar-compare-bench-")
+    for count in args.runs:
+        for tab, (first, later) in measure(count, args.rounds, args.images).items():
+            print(f"{count:3d} runs  {tab:26} first {first:6.2f} s   later (median of {args.rounds}) {later:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import fixture_runs
+from broken_runs import reseal
 from cifar import artifacts, auth, dashboard as d, jobs, run_marks
 from test_dashboard import APP, PAGES, frame, open_page
 
@@ -28,6 +29,7 @@ def rewrite_metadata(run_id: str, **changes) -> dict:
     config = {**metadata["config"], **changes.pop("config", {})}
     metadata = {**metadata, **changes, "config": config}
     artifacts.write_json_atomic(path, metadata)
+    reseal(run_id)  # a changed file no longer matches the manifest, and the run would be skipped
     return metadata
 
 
@@ -80,7 +82,7 @@ def test_study_rows_have_unique_names_and_the_table_puts_results_first():
     rows = d.study_rows(d.study_results())
     assert rows[d.RUN].is_unique
     assert "Study: ResNet50 TransLearn (Alexandre, 24 epochs)" in set(rows[d.RUN])
-    assert d.RESULT_COLUMNS[:5] == [d.RUN, d.ACCURACY, d.LOSS, d.F1, d.LATENCY]
+    assert d.RESULT_COLUMNS[:6] == [d.RUN, d.ACCURACY, d.ACCURACY_CI, d.LOSS, d.F1, d.LATENCY]
     assert set(d.TABLE_COLUMNS) == set(d.RESULT_COLUMNS) | set(d.DETAIL_COLUMNS)
 
 
@@ -219,6 +221,7 @@ def test_learning_curves_explain_a_run_without_validation():
     made = fixture_runs.make_run("cnn_regularized")
     path = artifacts.run_dir(made.run_id) / "history.parquet"
     pd.read_parquet(path).drop(columns=["val_accuracy", "val_loss"]).to_parquet(path, index=False)
+    reseal(made.run_id)
     app = open_directly(PAGES[1])
     assert any("No gap for" in i.value and "no validation split" in i.value for i in app.info)
     assert not [f for f in app.dataframe if "Accuracy gap at best epoch" in f.value.columns]

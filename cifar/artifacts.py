@@ -22,6 +22,7 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
     <root>/.staging/<run_id>.<host>-<pid>.<hex>/   where a finished run is assembled
     <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
                                  worker.log, logs/job-<id>.log and .exit
+    <root>/run_marks.json        the team's marks: reference and hidden runs
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
@@ -122,6 +123,12 @@ def best_weights_name(epoch: int) -> str:
 def saved_weight_files(work: Path) -> list[Path]:
     """Every checkpoint and best-weights file in a work folder."""
     return sorted(work.glob("checkpoint-*.keras")) + sorted(work.glob("best-*.weights.h5"))
+
+
+def marks_path() -> Path:
+    """The team's marks on runs (reference, hidden): kept beside runs/, so a
+    published run's own files are never edited to mark it."""
+    return root() / "run_marks.json"
 
 
 def jobs_dir() -> Path:

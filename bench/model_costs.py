@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar.environment import hardware  # noqa: E402
-from cifar.evaluate import predict_probabilities, single_image_latency_ms  # noqa: E402
+from cifar.evaluate import measure_throughput, single_image_latency_ms  # noqa: E402
 from cifar.models import REGISTRY, build_model, count_params, get_spec  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def measure(name: str, n_images: int) -> dict:
         path = Path(tmp) / "model.keras"
         model.save(path)
         file_bytes = path.stat().st_size
-    _, images_per_s = predict_probabilities(model, images, batch_size=256)
+    _, images_per_s = measure_throughput(model, images, batch_size=256)
     params = count_params(model)
     return {"model": name, "input_size": spec.defaults.input_size,
             "params_total": params["total"], "params_trainable": params["trainable"],

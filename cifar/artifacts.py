@@ -11,7 +11,7 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         predictions.parquet      one row per test image: labels + probabilities
         gallery.parquet          misclassified (and a few correct) test images
         model.keras              the trained model, no optimizer state
-        manifest.json            sha256 of every file above
+        manifest.json            sha256 and size of every file above
     <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
     <root>/.staging/             where a finished run is assembled
     <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
@@ -19,7 +19,10 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
-folders with a reason instead of crashing.
+folders with a reason instead of crashing: listing a run checks its
+metadata and every table's columns against `cifar.run_schema`, and every
+file's size against the manifest; reading a file checks its sha256 (once
+per file size and modification time).
 
 The root is `artifacts/` next to the package, or $CIFAR_ARTIFACTS.
 """
@@ -27,7 +30,9 @@ The root is `artifacts/` next to the package, or $CIFAR_ARTIFACTS.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
+import io
 import json
 import os
 import re
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cifar import run_schema
 from cifar.errors import RunError
 
 SCHEMA_VERSION = 1
@@ -45,6 +51,10 @@ TABLES = ("history", "metrics", "per_class", "confusion", "predictions", "galler
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
+# Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
+OPTIONAL_TABLES = ("val_predictions",)
+run_schema.register_table(run_schema.TableSchema(  # the validation split's predictions, as evaluate writes them
+    "val_predictions", run_schema.TABLE_SCHEMAS["predictions"].columns, required=False))
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
 
@@ -154,8 +164,8 @@ class RunStaging:
     path: Path
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
-        if name not in TABLES:
-            raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+        if name not in TABLES + OPTIONAL_TABLES:
+            raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
         frame.to_parquet(self.path / f"{name}.parquet", index=False)
 
     def write_metadata(self, metadata: dict) -> None:
@@ -171,7 +181,8 @@ class RunStaging:
         if missing:
             raise RunError(f"run {self.run_id} is incomplete, missing {missing}; nothing was published")
         files = sorted(p.name for p in self.path.iterdir() if p.is_file() and p.name != MANIFEST_FILE)
-        manifest = {"schema_version": SCHEMA_VERSION, "files": {n: sha256_file(self.path / n) for n in files}}
+        manifest = {"schema_version": SCHEMA_VERSION, "files": {n: sha256_file(self.path / n) for n in files},
+                    "sizes": {n: (self.path / n).stat().st_size for n in files}}
         write_json_atomic(self.path / MANIFEST_FILE, manifest)
         final = run_dir(self.run_id)
         if final.exists():
@@ -207,6 +218,7 @@ class RunInfo:
     run_id: str
     path: Path
     metadata: dict = field(repr=False)
+    manifest: dict = field(default_factory=dict, repr=False)
 
     @property
     def model(self) -> str:
@@ -232,7 +244,8 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
     version = metadata.get("schema_version")
     if version != SCHEMA_VERSION:
         return Skipped(name, f"schema version {version!r}, this code reads {SCHEMA_VERSION}")
-    return RunInfo(name, path, metadata)
+    manifest = _checked_manifest(path, metadata, allow_missing_model)
+    return Skipped(name, manifest) if isinstance(manifest, str) else RunInfo(name, path, metadata, manifest)
 
 
 def scan_runs() -> tuple[list[RunInfo], list[Skipped]]:
@@ -276,12 +289,65 @@ def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
 def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> pd.DataFrame:
     if name not in TABLES:
         raise ValueError(f"unknown table {name!r}; known: {TABLES}")
-    path = get_run(run_id, allow_missing_model=allow_missing_model).path / f"{name}.parquet"
+    info = get_run(run_id, allow_missing_model=allow_missing_model)
+    data = (info.path / f"{name}.parquet").read_bytes()
+    _verified(info, f"{name}.parquet", data)
     try:
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
                        "delete the run folder or re-run it") from exc
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
+                       "delete the run folder or re-run it")
+    return frame
+
+
+def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
+    """An OPTIONAL_TABLES table of a run, or None when the run has none (or its
+    manifest does not list it: an addition that never finished)."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"unknown optional table {name!r}; known: {OPTIONAL_TABLES}")
+    info = get_run(run_id)
+    path = info.path / f"{name}.parquet"
+    if not path.is_file() or path.name not in info.manifest.get("files", {}):
+        return None
+    data = path.read_bytes()
+    _verified(info, path.name, data)
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
+                       "delete that file to read the run without it") from exc
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
+                       "delete that file to read the run without it")
+    return frame
+
+
+def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
+    """Add (or replace) an optional table of a published run, then its manifest
+    entry; each file is replaced in one rename, so readers see the run whole."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} does not match its schema ({'; '.join(problems)}); nothing was written")
+    info = get_run(run_id)
+    final = info.path / f"{name}.parquet"
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = read_json(info.path / MANIFEST_FILE)
+    manifest["files"] = dict(sorted({**manifest["files"], final.name: sha256_file(final)}.items()))
+    if isinstance(manifest.get("sizes"), dict):
+        manifest["sizes"] = dict(sorted({**manifest["sizes"], final.name: final.stat().st_size}.items()))
+    write_json_atomic(info.path / MANIFEST_FILE, manifest)
 
 
 def load_run(run_id: str) -> dict:
@@ -303,15 +369,21 @@ def all_runs_table(name: str) -> pd.DataFrame:
 
 
 def verify_run(run_id: str) -> list[str]:
-    """Files whose sha256 no longer matches the manifest (empty list: intact)."""
-    info = get_run(run_id)
-    manifest = read_json(info.path / MANIFEST_FILE).get("files", {})
-    return [n for n, digest in manifest.items()
-            if not (info.path / n).is_file() or sha256_file(info.path / n) != digest]
+    """Files whose sha256 no longer matches the manifest (empty list: intact).
+    Works on a run that listing skips, to say which files changed."""
+    path = run_dir(run_id)
+    manifest = _read_manifest(path)
+    if isinstance(manifest, str):
+        raise RunError(f"run '{run_id}' cannot be verified: {manifest}")
+    return [n for n, digest in manifest["files"].items()
+            if not (path / n).is_file() or sha256_file(path / n) != digest]
 
 
 def model_path(run_id: str) -> Path:
-    return get_run(run_id).path / MODEL_FILE
+    """The run's model file, checked against its manifest checksum."""
+    info = get_run(run_id)
+    _verified(info, MODEL_FILE)
+    return info.path / MODEL_FILE
 
 
 def run_file_paths(run_id: str) -> dict[str, Path]:
@@ -320,5 +392,111 @@ def run_file_paths(run_id: str) -> dict[str, Path]:
     return {p.name: p for p in sorted(info.path.iterdir()) if p.is_file()}
 
 
+def run_file_sizes(run_id: str) -> dict[str, int]:
+    """Name -> size in bytes of every file of a run."""
+    return {name: path.stat().st_size for name, path in run_file_paths(run_id).items()}
+
+
+def read_run_file(run_id: str, name: str) -> bytes:
+    """The bytes of one file of a run (a download), checked against the
+    manifest when it lists the file."""
+    info = get_run(run_id)
+    if name not in {p.name for p in info.path.iterdir() if p.is_file()}:
+        raise RunError(f"run {run_id} has no file {name!r}")
+    data = (info.path / name).read_bytes()
+    if name in info.manifest.get("files", {}):
+        _verified(info, name, data)
+    return data
+
+
 def delete_run(run_id: str) -> None:
     shutil.rmtree(run_dir(run_id))
+
+
+# ---------------------------------------------------------------- checking runs
+
+def _checked_manifest(path: Path, metadata: dict, allow_missing_model: bool) -> dict | str:
+    """A run's manifest once its metadata, its tables' columns and its files'
+    sizes are found to match the schema; otherwise why they do not."""
+    problems = run_schema.check_metadata(metadata)
+    if problems:
+        return "metadata.json " + "; ".join(problems)
+    problems = [p for table in run_schema.TABLE_SCHEMAS if (path / f"{table}.parquet").is_file()
+                for p in _footer_problems(path / f"{table}.parquet", table)]
+    if problems:
+        return "; ".join(problems)
+    manifest = _read_manifest(path)
+    if isinstance(manifest, str):
+        return manifest
+    return _size_problem(path, manifest, allow_missing_model) or manifest
+
+
+def _footer_problems(path: Path, table: str) -> tuple[str, ...]:
+    stat = path.stat()
+    return _footer_problems_cached(str(path), stat.st_size, stat.st_mtime_ns, table)
+
+
+@functools.lru_cache(maxsize=4096)
+def _footer_problems_cached(path: str, size: int, mtime_ns: int, table: str) -> tuple[str, ...]:
+    """A table's columns and row count from its parquet footer alone (a few
+    kB): cheap enough for every table of every run each time runs are listed."""
+    import pyarrow.parquet as pq
+    try:
+        footer = pq.read_metadata(path)
+        return tuple(run_schema.check_footer(table, footer.schema.to_arrow_schema(), footer.num_rows))
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        return (f"{table}.parquet is damaged ({exc.__class__.__name__})",)
+
+
+def _read_manifest(path: Path) -> dict | str:
+    """The run's manifest, or why it cannot be used."""
+    try:
+        manifest = read_json(path / MANIFEST_FILE)
+    except (OSError, ValueError) as exc:
+        return f"manifest.json is unreadable ({exc.__class__.__name__})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(n, str) and isinstance(d, str) and Path(n).name == n
+                                              for n, d in files.items()):
+        return "manifest.json holds no list of checksums"
+    unlisted = [f for f in REQUIRED_FILES if f != MANIFEST_FILE and f not in files]
+    if unlisted:
+        return f"manifest.json does not list {', '.join(unlisted)}"
+    return manifest
+
+
+def _size_problem(path: Path, manifest: dict, allow_missing_model: bool) -> str | None:
+    """A listed file that is gone or whose size changed since publication.
+    Runs published before sizes were recorded are checked by checksum only."""
+    sizes = manifest.get("sizes") if isinstance(manifest.get("sizes"), dict) else {}
+    for name in manifest["files"]:
+        if allow_missing_model and name == MODEL_FILE:
+            continue
+        try:
+            size = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is listed in manifest.json but missing"
+        if name in sizes and size != sizes[name]:
+            return (f"{name} is {size:,} bytes, manifest.json says {sizes[name]:,}: changed since the run "
+                    "was published")
+    return None
+
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256 found to match
+
+
+def _verified(info: RunInfo, name: str, data: bytes | None = None) -> None:
+    """Raise RunError unless the file's sha256 is the manifest's. A file is
+    hashed once per size and modification time; `data`: its bytes, if read."""
+    path = info.path / name
+    stat = path.stat()
+    key, expected = (str(path), stat.st_size, stat.st_mtime_ns), info.manifest.get("files", {}).get(name)
+    if expected is None:
+        raise RunError(f"{name} of run {info.run_id} is not listed in manifest.json; delete the run folder "
+                       "or re-run it")
+    if _VERIFIED.get(key) == expected:
+        return
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+    if digest != expected:
+        raise RunError(f"{name} of run {info.run_id} does not match its checksum in manifest.json (changed "
+                       "since the run was published); delete the run folder or re-run it")
+    _VERIFIED[key] = expected

@@ -7,14 +7,27 @@ image) exits non-zero with one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cifar.errors import CifarError  # noqa: E402
+
+# TensorFlow's native start-up lines (oneDNN, CUDA probing, CPU features) are
+# written through absl before its logging is initialised, which ignores
+# TF_CPP_MIN_LOG_LEVEL; they are dropped while the backend starts. Any other
+# line written then (a real error) is passed on to stderr.
+_BACKEND_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] (failed call to cuInit|Unable to register cu)"
+    r"|To enable the following instructions: ")
 
 EXAMPLES = """examples:
   python -m cifar models
@@ -63,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="show a run's test metrics (add --recompute to re-evaluate)")
     evaluate.add_argument("run_id")
     evaluate.add_argument("--recompute", metavar="DATA", help="re-evaluate the saved model on this data source")
+    evaluate.add_argument("--store-validation", action="store_true",
+                          help="re-predict the run's validation split (from its config and --data) and "
+                               "add it to the run, for temperature scaling on the Compare page")
+    evaluate.add_argument("--data", help="with --store-validation: the run's data source")
+
+    compare = sub.add_parser("compare", help="paired tests, calibration and per-class differences of runs")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs on the same test set")
+    compare.add_argument("--json", action="store_true")
 
     runs = sub.add_parser("runs", help="list published runs (and interrupted ones with --all)")
     runs.add_argument("--all", action="store_true", help="also list runs in progress or interrupted")
@@ -93,10 +114,50 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def _native_stderr_filtered():
+    """Capture file descriptor 2 (where C++ libraries write), then pass on
+    every line that is not _BACKEND_NOISE."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not _BACKEND_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def start_backend_quietly() -> None:
+    """Import Keras (and its backend) and touch the device once, without the
+    backend's start-up lines on stderr. Later imports are free."""
+    if "keras" in sys.modules:
+        return
+    with _native_stderr_filtered():
+        import keras
+        keras.ops.convert_to_numpy(keras.ops.zeros(1))  # device start-up (CUDA probing) happens here
+
+
+def _needs_backend(args) -> bool:
+    """Whether the command imports Keras at once (predict does, but only after decoding)."""
+    return (args.command in ("models", "train", "resume")
+            or (args.command == "evaluate" and bool(args.recompute))
+            or (args.command == "data" and args.source == "keras")
+            or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if _needs_backend(args):
+        start_backend_quietly()
     try:
         return COMMANDS[args.command](args) or 0
     except CifarError as exc:
@@ -156,6 +217,14 @@ def _print_summary(run_id: str) -> None:
 def cmd_evaluate(args) -> int:
     from cifar import artifacts
     info = artifacts.get_run(args.run_id)
+    if args.store_validation:
+        from cifar.evaluate import store_validation_predictions
+        if not args.data:
+            raise CifarError("--store-validation needs --data PATH: the data source the run was trained on")
+        stored = store_validation_predictions(args.run_id, args.data)
+        print(f"run {args.run_id}: stored {stored['images']:,} validation predictions "
+              f"(validation accuracy {stored['accuracy']:.4f})")
+        return 0
     if args.recompute:
         from cifar.data import load_cifar10
         from cifar.evaluate import evaluate
@@ -173,16 +242,26 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from cifar.compare import format_report, report
+    result = report(args.run_ids)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
 def cmd_runs(args) -> int:
     from cifar import artifacts
     runs, skipped = artifacts.scan_runs()
-    metrics = artifacts.all_runs_table("metrics").set_index("run_id") if runs else None
     rows = []
     for info in runs:
-        m = metrics.loc[info.run_id] if metrics is not None and info.run_id in metrics.index else {}
+        try:  # a table changed since publication shows only when read: the run is skipped, with why
+            m = artifacts.read_table(info.run_id, "metrics").iloc[0]
+        except CifarError as exc:
+            skipped.append(artifacts.Skipped(info.run_id, str(exc)))
+            continue
         rows.append({"run_id": info.run_id, "model": info.model,
                      "epochs": info.metadata.get("epochs_run"),
-                     "test_accuracy": float(m["test_accuracy"]) if len(m) else None,
+                     "test_accuracy": float(m["test_accuracy"]),
                      "imagenet_weights": info.metadata.get("imagenet_weights")})
     if args.json:
         print(json.dumps({"runs": rows, "skipped": [s.__dict__ for s in skipped]}, indent=2))
@@ -205,12 +284,16 @@ def cmd_runs(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cifar.predict import predict_files
+    from cifar.predict import decode_files, model_file, predict_decoded
+    model_file(args.run_id)  # a bad run id fails before any file is read
+    decoded = decode_files(args.images)  # every file is checked before Keras and the model load
+    if any("image" in result for result in decoded):
+        start_backend_quietly()
     failures = 0
-    for result in predict_files(args.run_id, args.images, k=args.top or 3):
+    for result in predict_decoded(args.run_id, decoded, k=args.top or 3):
         if "error" in result:
             failures += 1
-            print(f"{result['file']}: error: {result['error']}")
+            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         else:
             ranked = ", ".join(f"{name} {p:.1%}" for name, p in result["top_k"])
             print(f"{result['file']}: {ranked}")
@@ -229,4 +312,5 @@ def cmd_jobs(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate,
-            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs}
+            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs,
+            "compare": cmd_compare}

@@ -155,9 +155,11 @@ class JobBackend(abc.ABC):
     @abc.abstractmethod
     def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
                resources: Resources | None = None) -> Job:
-        """Queue a training (model + training-flag overrides); an identical queued or
-        running request returns that job with `reused=True`. `resources` is what
-        the job reserves where the backend schedules by resources (Ray)."""
+        """Queue a training: `model` with `overrides` of its recipe (RunConfig field
+        names; None means the recipe's), resolved now by `prepare_request`. An
+        identical queued or running request returns that job with `reused=True`.
+        `resources` is what the job reserves where the backend schedules by
+        resources (Ray)."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...

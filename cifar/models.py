@@ -235,7 +235,8 @@ def _resize_and_preprocess(inputs, input_size: int, preprocess: Callable):
     return preprocess(x)
 
 
-def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: int) -> keras.Model:
+def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: int,
+           caffe_preprocess: bool = False) -> keras.Model:
     from keras.applications import vgg16
     base = load_backbone(vgg16.VGG16, "VGG16", input_size, weights)
     base.trainable = trainable_tail > 0
@@ -243,12 +244,17 @@ def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: 
         layer.trainable = False
     inputs = _raw_input()
     x = _augmentation()(inputs) if augment else inputs
-    x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
+    if caffe_preprocess:
+        x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
+    else:
+        x = _resize_and_preprocess(x, input_size, layers.Rescaling(1 / 255, name="scale"))
     x = base(x, training=False)
     for filters in (256, 512):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(padding="same")(x)
+        # The study's 'valid' pooling (7 -> 3 -> 1 at 224); a 1x1 map (small
+        # inputs) would pool to nothing, so it passes through with 'same'.
+        x = layers.MaxPooling2D(padding="valid" if x.shape[1] >= 2 else "same")(x)
     x = layers.GlobalAveragePooling2D()(x)
     for units in (512, 256):
         x = layers.Dense(units, activation="relu")(x)
@@ -257,7 +263,7 @@ def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: 
     return keras.Model(inputs, _classifier_output(x))
 
 
-VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to {{input_size}}
+VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to `input_size`
     (224 in the study, giving a 7x7x512 feature map), then the study's head:
     Conv2D 256 + BN + MaxPool, Conv2D 512 + BN + MaxPool, GlobalAveragePooling,
     Dense 512 + BN + Dropout, Dense 256 + BN + Dropout, Dense 10.
@@ -266,10 +272,25 @@ VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to {{input
     we use (at 224). Its printed trainable count (9,839,114) is block5 of VGG16
     unfrozen, i.e. the fine-tuned state; for transfer learning we freeze the
     whole base as its text says. Dropout rate (unstated) is 0.3. Max pooling
-    uses 'same' padding so small input sizes still build."""
+    uses 'valid' padding as printed (7 -> 3 -> 1 at 224); a map already 1x1
+    (inputs under 64 px for the first pooling, under 128 px for the second)
+    passes through unchanged.
+    {preprocessing}"""
+
+STUDY_PREPROCESSING = """Preprocessing follows the study (section 1.3): pixels scaled to 0-1,
+    `preprocess_input` used only for ResNet50. VGG16's ImageNet weights were
+    trained on caffe-style inputs (BGR, ImageNet mean subtracted, 0-255), so
+    the study's choice is arguably wrong: {variant} is the same model with
+    `keras.applications.vgg16.preprocess_input`."""
+
+CAFFE_PREPROCESSING = """Not the study's preprocessing: this variant feeds the base what its
+    ImageNet weights expect, `keras.applications.vgg16.preprocess_input`
+    (BGR, ImageNet mean subtracted), where the study (and {study}) scales
+    pixels to 0-1."""
 
 
-@register("Study 4.1: frozen ImageNet VGG16 + conv head", study_section="4.1", tags=("study", "transfer"),
+@register("Study 4.1: frozen ImageNet VGG16 + conv head, inputs 0-1 as the study "
+          "(vgg16_transfer_caffe: VGG's own preprocessing)", study_section="4.1", tags=("study", "transfer"),
           epochs=50, input_size=224, weights="imagenet")
 def build_vgg16_transfer(input_size: int = 224, weights: str | None = "imagenet",
                  augment: bool = False) -> keras.Model:
@@ -278,7 +299,7 @@ def build_vgg16_transfer(input_size: int = 224, weights: str | None = "imagenet"
     return model
 
 
-@register("Study 4.2: last 4 VGG16 layers unfrozen at lr 1e-5", study_section="4.2",
+@register("Study 4.2: last 4 VGG16 layers unfrozen at lr 1e-5, inputs 0-1 as the study", study_section="4.2",
           tags=("study", "transfer"), init_from="vgg16_transfer",
           learning_rate=1e-5, epochs=30, input_size=224, weights="imagenet")
 def build_vgg16_finetune(input_size: int = 224, weights: str | None = "imagenet",
@@ -288,11 +309,40 @@ def build_vgg16_finetune(input_size: int = 224, weights: str | None = "imagenet"
     return model
 
 
-build_vgg16_transfer.__doc__ = VGG_DOC.format(section=1)
-build_vgg16_finetune.__doc__ = VGG_DOC.format(section=2) + """
+@register("4.1 variant (not the study's): vgg16_transfer with the caffe preprocess_input "
+          "VGG's ImageNet weights expect", study_section="4.1", tags=("transfer",),
+          epochs=50, input_size=224, weights="imagenet")
+def build_vgg16_transfer_caffe(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=0, caffe_preprocess=True)
+    model.name = "vgg16_transfer_caffe"
+    return model
+
+
+@register("4.2 variant (not the study's): vgg16_finetune with VGG's caffe preprocess_input",
+          study_section="4.2", tags=("transfer",), init_from="vgg16_transfer_caffe",
+          learning_rate=1e-5, epochs=30, input_size=224, weights="imagenet")
+def build_vgg16_finetune_caffe(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=4, caffe_preprocess=True)
+    model.name = "vgg16_finetune_caffe"
+    return model
+
+
+_FINETUNE_DOC = """
     Fine-tuning unfreezes the last 4 base layers (block5's three convolutions
-    and its pooling) at learning rate 1e-5, starting from a vgg16_transfer
-    run's weights (--from-run, or the newest vgg16_transfer run)."""
+    and its pooling) at learning rate 1e-5, starting from a {donor} run's
+    weights (--from-run, or the newest {donor} run)."""
+build_vgg16_transfer.__doc__ = VGG_DOC.format(
+    section=1, preprocessing=STUDY_PREPROCESSING.format(variant="vgg16_transfer_caffe"))
+build_vgg16_finetune.__doc__ = VGG_DOC.format(
+    section=2, preprocessing=STUDY_PREPROCESSING.format(variant="vgg16_finetune_caffe")) + \
+    _FINETUNE_DOC.format(donor="vgg16_transfer")
+build_vgg16_transfer_caffe.__doc__ = VGG_DOC.format(
+    section=1, preprocessing=CAFFE_PREPROCESSING.format(study="vgg16_transfer"))
+build_vgg16_finetune_caffe.__doc__ = VGG_DOC.format(
+    section=2, preprocessing=CAFFE_PREPROCESSING.format(study="vgg16_finetune")) + \
+    _FINETUNE_DOC.format(donor="vgg16_transfer_caffe")
 
 
 def _resnet50(input_size: int, weights: str | None, augment: bool, trainable_from: str | None) -> keras.Model:

@@ -189,7 +189,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     if config.early_stopping_patience and best_weights:
         model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
-    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
+    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed, x_val=x_val, y_val=y_val)
     metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
                          train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds,
                          environment)
@@ -403,6 +403,8 @@ def _publish(run_id, model, history, result, metadata) -> None:
         staging.write_table("confusion", result.confusion)
         staging.write_table("predictions", result.predictions)
         staging.write_table("gallery", result.gallery)
+        if result.val_predictions is not None:
+            staging.write_table("val_predictions", result.val_predictions)
         model.save(staging.model_path)
         staging.write_metadata(metadata)
         staging.publish()

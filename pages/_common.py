@@ -15,9 +15,8 @@ import logging
 import numpy as np
 import pandas as pd
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
 
-from cifar import IMAGE_SHAPE, artifacts, dashboard, predict
+from cifar import IMAGE_SHAPE, artifacts, dashboard, predict, streamlit_compat
 from cifar.errors import CifarError
 
 SELECTION_KEY = "selected_runs"
@@ -35,9 +34,21 @@ def _on_disk() -> tuple[str, int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple[str, str]], dict[str, dict]]:
+    """Readable runs, skipped folders with their reasons, and each run's
+    metrics row. Listing checks each run against its schema; its metrics are
+    read (and so checksummed) here too, so a run whose metrics changed since
+    publication is skipped with the others, on every page, not only where
+    its table is shown."""
     runs, skipped = artifacts.scan_runs()
-    return [(r.run_id, r.metadata) for r in runs], [(s.name, s.reason) for s in skipped]
+    listed, reasons, metrics = [], [(s.name, s.reason) for s in skipped], {}
+    for run in runs:
+        try:
+            metrics[run.run_id] = artifacts.read_table(run.run_id, "metrics").iloc[0].to_dict()
+            listed.append((run.run_id, run.metadata))
+        except CifarError as exc:
+            reasons.append((run.run_id, str(exc)))
+    return listed, sorted(reasons), metrics
 
 
 def runs() -> list[tuple[str, dict]]:
@@ -86,17 +97,8 @@ def tables(run_ids: list[str], name: str) -> dict[str, pd.DataFrame]:
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def _comparison(root: str, signature: int) -> pd.DataFrame:
-    listed, _ = _scan(root, signature)
-    metrics, problems = {}, {}
-    for run_id, _meta in listed:
-        try:
-            metrics[run_id] = artifacts.read_table(run_id, "metrics").iloc[0].to_dict()
-        except (CifarError, IndexError) as exc:
-            problems[run_id] = f"Metrics unreadable: {exc or 'the table is empty'}"  # the row stays
-    table = dashboard.comparison_table(listed, metrics)
-    for run_id, problem in problems.items():
-        table.loc[table.run_id == run_id, dashboard.NOTES] = problem
-    return table
+    listed, _, metrics = _scan(root, signature)
+    return dashboard.comparison_table(listed, metrics)
 
 
 def comparison() -> pd.DataFrame:
@@ -136,9 +138,9 @@ def start_page(title: str, *, expand_warnings: bool = False) -> None:
     folder, which executes a deep-linked page alone, without
     streamlit_app.py: no sidebar, no selection. Only a call to st.navigation
     switches that mode off, too late for that request; so switch it off here
-    (Streamlit 1.67 keeps the switch on PagesManager) and rerun."""
+    (cifar/streamlit_compat.py) and rerun."""
     if not st.session_state.pop(_FRAME_DRAWN, False):
-        PagesManager.uses_pages_directory = False
+        streamlit_compat.leave_legacy_pages_mode()
         st.rerun()
     st.title(title)
     skipped_notice(expand_warnings)

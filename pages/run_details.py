@@ -1,6 +1,8 @@
 """Run details: one run's settings, environment, data, per-epoch table and
 files, with downloads."""
 
+import functools
+
 import streamlit as st
 
 from cifar import artifacts, dashboard as d
@@ -37,8 +39,9 @@ if data.open:
 if history.open:
     history.dataframe(_common.table(run_id, "history"), hide_index=True, width="stretch")
 if files.open:
-    paths = artifacts.run_file_paths(run_id)
-    files.dataframe(d.file_sizes({name: path.stat().st_size for name, path in paths.items()}), hide_index=True)
-    for name, path in paths.items():
-        files.download_button(f"Download {name}", data=path.read_bytes, file_name=f"{run_id}-{name}",
-                              key=f"download-{name}", on_click="ignore", icon=":material/download:")
+    sizes = artifacts.run_file_sizes(run_id)
+    files.dataframe(d.file_sizes(sizes), hide_index=True)
+    for name in sizes:  # the bytes are read (and checksummed) only when a download is asked for
+        files.download_button(f"Download {name}", data=functools.partial(artifacts.read_run_file, run_id, name),
+                              file_name=f"{run_id}-{name}", key=f"download-{name}", on_click="ignore",
+                              icon=":material/download:")

@@ -371,24 +371,12 @@ def open_when_up(page, url: str, timeout: float = 120) -> None:
             time.sleep(0.05)
 
 
-@contextlib.contextmanager
 def past_first_request():
-    """AppTest re-detects the pages/ folder before every run, as a fresh
-    server does for its first request only (see pages/_common.start_page).
-    Inside this, AppTest runs are in the state a server is in for every later
-    request, so a button click is not swallowed by start_page's one rerun."""
-    from streamlit.runtime.pages_manager import PagesManager
+    """Every AppTest run in the state a server is in after its first request
+    (see cifar.streamlit_compat), so a click is not swallowed by start_page's rerun."""
+    from cifar.streamlit_compat import every_request_a_later_one
 
-    first_request_init = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        first_request_init(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-    PagesManager.__init__ = init
-    try:
-        yield
-    finally:
-        PagesManager.__init__ = first_request_init
+    return every_request_a_later_one()
 
 
 # JavaScript: true once Streamlit has finished its script run and drawn it.

@@ -3,17 +3,27 @@
 import pandas as pd
 import pytest
 
-from cifar import artifacts
+from cifar import artifacts, run_schema
 from cifar.errors import RunError
 from fixture_runs import make_run
+
+_VALUES = {"int": 1, "class": 0, "number": 0.5, "bool": True, "str": "cat", "bytes": b"png"}
+METADATA = {"model": "cnn_baseline", "config": {"model": "cnn_baseline"}, "params": {"total": 10},
+            "epochs_run": 2, "best_epoch": 2, "train_seconds": 1.0, "created_at": "20261125T000000Z",
+            "data": {}, "environment": {}}
+
+
+def _schema_table(name: str) -> pd.DataFrame:
+    """The smallest table its schema accepts: one row of plain values."""
+    return pd.DataFrame([{c: _VALUES[kind] for c, kind in run_schema.TABLE_SCHEMAS[name].columns.items()}])
 
 
 def _publish_minimal(run_id):
     staging = artifacts.stage_run(run_id)
     for name in artifacts.TABLES:
-        staging.write_table(name, pd.DataFrame({"x": [1, 2]}))
+        staging.write_table(name, _schema_table(name))
     staging.model_path.write_bytes(b"model")
-    staging.write_metadata({"run_id": run_id, "model": "cnn_baseline"})
+    staging.write_metadata({"run_id": run_id, **METADATA})
     return staging
 
 
@@ -22,12 +32,12 @@ def test_round_trip_and_manifest():
     _publish_minimal(run_id).publish()
     run = artifacts.load_run(run_id)
     assert run["metadata"]["schema_version"] == artifacts.SCHEMA_VERSION
-    assert list(run["history"].x) == [1, 2]
+    assert list(run["history"].epoch) == [1]
     assert artifacts.verify_run(run_id) == []
+    table = artifacts.all_runs_table("metrics")
+    assert list(table.columns)[:3] == ["run_id", "n_test", "test_accuracy"] and set(table.run_id) == {run_id}
     (artifacts.run_dir(run_id) / "model.keras").write_bytes(b"tampered")
     assert artifacts.verify_run(run_id) == ["model.keras"]
-    table = artifacts.all_runs_table("metrics")
-    assert list(table.columns) == ["run_id", "x"] and set(table.run_id) == {run_id}
 
 
 def test_staged_run_is_invisible_until_published():
@@ -43,7 +53,7 @@ def test_staged_run_is_invisible_until_published():
 def test_incomplete_staging_refuses_to_publish():
     run_id = artifacts.new_run_id("cnn_baseline")
     staging = artifacts.stage_run(run_id)
-    staging.write_table("history", pd.DataFrame({"x": [1]}))
+    staging.write_table("history", _schema_table("history"))
     with pytest.raises(RunError, match="incomplete"):
         staging.publish()
     assert artifacts.scan_runs() == ([], [])

@@ -36,9 +36,19 @@ def go_to(page, title: str) -> None:
     settle(page, title)
 
 
+# JavaScript: true once every chart's drawing is as wide as its box again.
+CHARTS_FIT = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(chart => {
+    const svg = chart.querySelector('.main-svg');
+    return svg && Math.abs(svg.getBoundingClientRect().width - chart.getBoundingClientRect().width) < 2;
+})"""
+NEXT_FRAMES = "() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+
+
 def open_tab(page, label: str) -> None:
+    """Only the open tab is drawn: wait for its rerun to put something in it."""
     page.get_by_role("tab", name=label).click()
-    page.wait_for_timeout(300)  # the tab's rerun starts
+    page.get_by_role("tabpanel", name=label).locator('[data-testid="stElementContainer"]').first.wait_for(
+        timeout=60_000)
     page.wait_for_function(PAGE_IDLE, timeout=60_000)
 
 
@@ -47,7 +57,8 @@ def shoot(page, folder: Path, name: str) -> None:
     is stretched to the pane's height (at most 2,600 px) for the picture."""
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": WIDTH, "height": max(HEIGHT, min(height, 2600))})
-    page.wait_for_timeout(600)  # charts redraw at the new size
+    page.evaluate(NEXT_FRAMES)  # the resize has been laid out
+    page.wait_for_function(CHARTS_FIT, timeout=60_000)  # charts redraw at the new size
     page.wait_for_function(PAGE_IDLE, timeout=60_000)
     folder.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=folder / f"{name}.png")
@@ -111,6 +122,17 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         open_tab(page, "Most-confused pairs")
         expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
         shoot(page, shots, "confusion_mistakes")
+
+        go_to(page, "Compare")
+        expect(page.get_by_text("points of accuracy (95% CI").first).to_be_visible()
+        shoot(page, shots, "compare")
+        open_tab(page, "Calibration")
+        expect(page.get_by_role("tabpanel", name="Calibration").locator('[data-testid="stPlotlyChart"]')
+               .first).to_contain_text("Reliability")
+        shoot(page, shots, "compare_calibration")
+        open_tab(page, "Where they differ")
+        expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
+        shoot(page, shots, "compare_explorer")
 
         go_to(page, "Predict")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([

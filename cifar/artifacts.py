@@ -53,6 +53,8 @@ METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 # Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
 OPTIONAL_TABLES = ("val_predictions",)
+run_schema.register_table(run_schema.TableSchema(  # the validation split's predictions, as evaluate writes them
+    "val_predictions", run_schema.TABLE_SCHEMAS["predictions"].columns, required=False))
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
 
@@ -303,17 +305,26 @@ def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> 
 
 
 def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
-    """An OPTIONAL_TABLES table of a run, or None when the run has none."""
+    """An OPTIONAL_TABLES table of a run, or None when the run has none (or its
+    manifest does not list it: an addition that never finished)."""
     if name not in OPTIONAL_TABLES:
         raise ValueError(f"unknown optional table {name!r}; known: {OPTIONAL_TABLES}")
-    path = get_run(run_id).path / f"{name}.parquet"
-    if not path.is_file():
+    info = get_run(run_id)
+    path = info.path / f"{name}.parquet"
+    if not path.is_file() or path.name not in info.manifest.get("files", {}):
         return None
+    data = path.read_bytes()
+    _verified(info, path.name, data)
     try:
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
                        "delete that file to read the run without it") from exc
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
+                       "delete that file to read the run without it")
+    return frame
 
 
 def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
@@ -321,6 +332,9 @@ def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
     entry; each file is replaced in one rename, so readers see the run whole."""
     if name not in OPTIONAL_TABLES:
         raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} does not match its schema ({'; '.join(problems)}); nothing was written")
     info = get_run(run_id)
     final = info.path / f"{name}.parquet"
     tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
@@ -330,8 +344,9 @@ def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     manifest = read_json(info.path / MANIFEST_FILE)
-    manifest.setdefault("files", {})[final.name] = sha256_file(final)
-    manifest["files"] = dict(sorted(manifest["files"].items()))
+    manifest["files"] = dict(sorted({**manifest["files"], final.name: sha256_file(final)}.items()))
+    if isinstance(manifest.get("sizes"), dict):
+        manifest["sizes"] = dict(sorted({**manifest["sizes"], final.name: final.stat().st_size}.items()))
     write_json_atomic(info.path / MANIFEST_FILE, manifest)
 
 

@@ -196,6 +196,13 @@ def pair_row(aligned: Aligned, a: str, b: str, resamples: int = RESAMPLES, seed=
             "ci_low": low, "ci_high": high, **test}
 
 
+def reversed_pair(row: dict) -> dict:
+    """A pair_row read the other way round (B against A): same test, same interval."""
+    return {**row, "A": row["B"], "B": row["A"], "accuracy_a": row["accuracy_b"], "accuracy_b": row["accuracy_a"],
+            "difference": -row["difference"], "ci_low": -row["ci_high"], "ci_high": -row["ci_low"],
+            "a_only": row["b_only"], "b_only": row["a_only"]}
+
+
 def pairwise(aligned: Aligned, resamples: int = RESAMPLES, seed=SEED) -> pd.DataFrame:
     """Every pair of runs (in selection order), with Holm-corrected p-values."""
     pairs = [pair_row(aligned, a, b, resamples, (seed, i))
@@ -353,10 +360,17 @@ def calibration(aligned: Aligned, validation: dict[str, pd.DataFrame | None],
     return pd.DataFrame(rows)
 
 
-def reliability(aligned: Aligned, bins: int = BINS) -> pd.DataFrame:
-    """Every run's reliability table, stacked with a run column (for one overlaid diagram)."""
-    return pd.concat([reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name)
-                      for k, name in enumerate(aligned.names)], ignore_index=True)
+def reliability(aligned: Aligned, temperatures: dict[str, float] | None = None, bins: int = BINS) -> pd.DataFrame:
+    """Every run's reliability table, stacked with `run` and `scaled` columns (for
+    one overlaid diagram); a run given a temperature also appears after it."""
+    tables = []
+    for k, name in enumerate(aligned.names):
+        tables.append(reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name, scaled=False))
+        temperature = (temperatures or {}).get(name)
+        if temperature is not None and np.isfinite(temperature):
+            scaled = with_temperature(aligned.probabilities[k], temperature)
+            tables.append(reliability_table(scaled, aligned.truth, bins).assign(run=name, scaled=True))
+    return pd.concat(tables, ignore_index=True)
 
 
 # ---------------------------------------------------------------- where do they differ?

@@ -218,6 +218,9 @@ def _fill_from_donor(values: dict, spec, user: dict, base: dict) -> None:
         raise CifarError(f"{flag_of('weights')} does not apply when starting from a run "
                          f"({flag_of('init_from_run')}): the donor run's weights are kept")
     donor = artifacts.get_run(values["init_from_run"])
+    if spec.init_from and donor.model not in (spec.init_from, spec.name):
+        raise CifarError(f"{spec.name} starts from a {spec.init_from} run (or another {spec.name} run); "
+                         f"{donor.run_id} is a {donor.model} run")
     chosen_now = "init_from_run" in user or not base.get("init_from_run")
     if chosen_now or values["input_size"] is None:
         values["input_size"] = user.get("input_size") or (donor.metadata.get("config") or {}).get("input_size")

@@ -23,7 +23,7 @@ from cifar.jobs import training_command
 from cifar.jobs_local import LocalProcessBackend
 from cifar.models import REGISTRY
 from tests.datasets import make_class_folders
-from tests.fixture_runs import make_run
+from tests.fixture_runs import PROFILES, make_run
 
 
 @pytest.fixture
@@ -123,11 +123,15 @@ def test_every_setting_has_a_flag_with_help_and_round_trips_through_it():
 
 
 @pytest.mark.parametrize("model", sorted(REGISTRY))
-def test_each_recipe_is_a_valid_config_that_resolves_to_itself(model):
+def test_each_recipe_is_a_valid_config_that_resolves_to_itself(model, monkeypatch):
     spec = REGISTRY[model]
     assert set(spec.recipe) <= set(FIELDS) - {"model"}
-    if spec.init_from:
-        make_run(spec.init_from)  # a donor run, for fine-tuning
+    if spec.init_from:  # a donor run, for fine-tuning (any transfer model's synthetic results will do)
+        monkeypatch.setitem(PROFILES, spec.init_from, PROFILES.get(spec.init_from, PROFILES["vgg16_transfer"]))
+        make_run(spec.init_from)
+        other = make_run("cnn_baseline").run_id
+        with pytest.raises(CifarError, match=f"{model} starts from a {spec.init_from} run"):
+            resolve_config(model, init_from_run=other)
     config = resolve_config(model)
     assert {k: getattr(config, k) for k in spec.recipe if k not in ("weights", "input_size")} == \
         {k: v for k, v in spec.recipe.items() if k not in ("weights", "input_size")}

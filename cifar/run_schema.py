@@ -87,6 +87,7 @@ METADATA_SCHEMA: dict[str, Key] = {
     "augmentation": _optional("bool"),
     "optimizer": _optional("str"),
     "epochs_planned": _optional("int"),
+    "recipe_epochs": _optional("int"),
     "stopped_early": _optional("bool"),
     "wall_seconds": _optional("number"),
     "train_images_per_s": _optional("number"),

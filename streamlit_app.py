@@ -17,6 +17,7 @@ pages = [
     st.Page("pages/models.py", title="Models", icon=":material/leaderboard:", default=True),
     st.Page("pages/curves.py", title="Learning curves", icon=":material/show_chart:"),
     st.Page("pages/confusion.py", title="Confusion", icon=":material/grid_on:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("pages/run_details.py", title="Run details", icon=":material/description:"),
 ]

@@ -29,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cifar.environment import hardware  # noqa: E402
-from cifar.evaluate import predict_probabilities, single_image_latency_ms  # noqa: E402
+from cifar.evaluate import measure_throughput, single_image_latency_ms  # noqa: E402
 from cifar.models import REGISTRY, build_model, count_params, get_spec  # noqa: E402
 
 
@@ -68,9 +68,9 @@ def measure(name: str, n_images: int) -> dict:
         path = Path(tmp) / "model.keras"
         model.save(path)
         file_bytes = path.stat().st_size
-    _, images_per_s = predict_probabilities(model, images, batch_size=256)
+    _, images_per_s = measure_throughput(model, images, batch_size=256)
     params = count_params(model)
-    return {"model": name, "input_size": getattr(spec.recipe, "input_size", None),
+    return {"model": name, "input_size": spec.defaults.input_size,
             "params_total": params["total"], "params_trainable": params["trainable"],
             "forward_gflops": round(forward_gflops(model), 3), "model_file_mb": round(file_bytes / 1e6, 2),
             "eval_images": n_images,

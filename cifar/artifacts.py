@@ -14,6 +14,8 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         manifest.json            sha256 and size of every file above
     <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
     <root>/.staging/             where a finished run is assembled
+    <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
+                                 worker.log, logs/job-<id>.log and .exit
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
@@ -49,6 +51,10 @@ TABLES = ("history", "metrics", "per_class", "confusion", "predictions", "galler
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
+# Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
+OPTIONAL_TABLES = ("val_predictions",)
+run_schema.register_table(run_schema.TableSchema(  # the validation split's predictions, as evaluate writes them
+    "val_predictions", run_schema.TABLE_SCHEMAS["predictions"].columns, required=False))
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
 _RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
 
@@ -81,6 +87,30 @@ def progress_path(run_id: str) -> Path:
 def jobs_dir() -> Path:
     """Where the background job runner keeps its database and logs."""
     return root() / "jobs"
+
+
+def jobs_database_path() -> Path:
+    """The local job backend's SQLite database."""
+    return jobs_dir() / "jobs.sqlite"
+
+
+def jobs_worker_lock_path() -> Path:
+    """Held (flock) by the one local job worker; holds its pid."""
+    return jobs_dir() / "worker.lock"
+
+
+def jobs_worker_log_path() -> Path:
+    return jobs_dir() / "worker.log"
+
+
+def job_log_path(job_id: int) -> Path:
+    """A job's training output, every attempt appended."""
+    return jobs_dir() / "logs" / f"job-{int(job_id)}.log"
+
+
+def job_exit_path(job_id: int) -> Path:
+    """The exit status of a job's latest attempt, written when its process ends."""
+    return jobs_dir() / "logs" / f"job-{int(job_id)}.exit"
 
 
 def new_run_id(model_name: str, now: _dt.datetime | None = None) -> str:
@@ -134,8 +164,8 @@ class RunStaging:
     path: Path
 
     def write_table(self, name: str, frame: pd.DataFrame) -> None:
-        if name not in TABLES:
-            raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+        if name not in TABLES + OPTIONAL_TABLES:
+            raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
         frame.to_parquet(self.path / f"{name}.parquet", index=False)
 
     def write_metadata(self, metadata: dict) -> None:
@@ -272,6 +302,52 @@ def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> 
         raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
                        "delete the run folder or re-run it")
     return frame
+
+
+def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
+    """An OPTIONAL_TABLES table of a run, or None when the run has none (or its
+    manifest does not list it: an addition that never finished)."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"unknown optional table {name!r}; known: {OPTIONAL_TABLES}")
+    info = get_run(run_id)
+    path = info.path / f"{name}.parquet"
+    if not path.is_file() or path.name not in info.manifest.get("files", {}):
+        return None
+    data = path.read_bytes()
+    _verified(info, path.name, data)
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
+                       "delete that file to read the run without it") from exc
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
+                       "delete that file to read the run without it")
+    return frame
+
+
+def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
+    """Add (or replace) an optional table of a published run, then its manifest
+    entry; each file is replaced in one rename, so readers see the run whole."""
+    if name not in OPTIONAL_TABLES:
+        raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
+    problems = run_schema.check_table(name, frame)
+    if problems:
+        raise RunError(f"table {name} does not match its schema ({'; '.join(problems)}); nothing was written")
+    info = get_run(run_id)
+    final = info.path / f"{name}.parquet"
+    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest = read_json(info.path / MANIFEST_FILE)
+    manifest["files"] = dict(sorted({**manifest["files"], final.name: sha256_file(final)}.items()))
+    if isinstance(manifest.get("sizes"), dict):
+        manifest["sizes"] = dict(sorted({**manifest["sizes"], final.name: final.stat().st_size}.items()))
+    write_json_atomic(info.path / MANIFEST_FILE, manifest)
 
 
 def load_run(run_id: str) -> dict:

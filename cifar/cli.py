@@ -7,14 +7,27 @@ image) exits non-zero with one clear line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cifar.errors import CifarError  # noqa: E402
+
+# TensorFlow's native start-up lines (oneDNN, CUDA probing, CPU features) are
+# written through absl before its logging is initialised, which ignores
+# TF_CPP_MIN_LOG_LEVEL; they are dropped while the backend starts. Any other
+# line written then (a real error) is passed on to stderr.
+_BACKEND_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] (failed call to cuInit|Unable to register cu)"
+    r"|To enable the following instructions: ")
 
 EXAMPLES = """examples:
   python -m cifar models
@@ -35,78 +48,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got '{text}'")
-    return value
-
-
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by `train` and `jobs submit` (values left unset keep the recipe's)."""
-    from cifar.config import PRECISIONS
-    parser.add_argument("--data", default=None,
-                        help="'keras' (download, the default) or a local CIFAR-10 copy: "
-                             "cifar-10-python.tar.gz, cifar-10-batches-py/, or a class-folder tree/archive")
-    parser.add_argument("--epochs", type=_positive_int)
-    parser.add_argument("--batch-size", type=_positive_int)
-    parser.add_argument("--lr", dest="learning_rate", type=_positive_float, help="learning rate")
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="the recipe's augmentation on or off (study models: random rotation/flip/shift; "
-                             "fast_cnn: alternating flips and 2-pixel shifts)")
-    parser.add_argument("--patience", dest="early_stopping_patience", type=_positive_int,
-                        help="early-stopping patience in epochs (0 turns it off)")
-    parser.add_argument("--limit-per-class", type=_positive_int, help="training images kept per class")
-    parser.add_argument("--val-size", type=_positive_int,
-                        help="validation images (default: the recipe's, 5000 for the study models, 0 for "
-                             "fast_cnn; with --limit-per-class, a tenth of the images kept)")
-    parser.add_argument("--seed", type=_positive_int)
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--input-size", type=_positive_int, help="transfer models: resize input to this")
-    parser.add_argument("--weights", help="transfer models: imagenet | none | path to a no-top .h5 file")
-    parser.add_argument("--from-run", dest="init_from_run",
-                        help="fine-tuning: start from this run's weights (default: newest matching run)")
-    parser.add_argument("--note", help="free text stored with the run")
-    parser.add_argument("--track-test", action="store_true", default=None,
-                        help="also measure test accuracy after every epoch, for time-to-accuracy "
-                             "curves (reporting only: never used to pick or stop anything)")
-
-
-def training_overrides(args: argparse.Namespace) -> dict:
-    keys = ("data", "epochs", "batch_size", "learning_rate", "augment", "early_stopping_patience",
-            "limit_per_class", "val_size", "seed", "precision", "input_size", "weights",
-            "init_from_run", "note", "track_test")
-    return {k: getattr(args, k) for k in keys}
-
-
-def resolve_training_config(model: str, overrides: dict):
-    """Recipe + overrides, filling in fine-tuning's donor run and input size."""
-    from cifar import artifacts
-    from cifar.config import resolve_config
-    from cifar.errors import RunError
-    from cifar.models import get_spec
-    spec = get_spec(model)
-    if spec.recipe.init_from and not overrides.get("init_from_run"):
-        donors = [r for r in artifacts.list_runs() if r.model == spec.recipe.init_from]
-        if not donors:
-            raise RunError(f"{model} fine-tunes a {spec.recipe.init_from} run and there is none yet. "
-                           f"Train one first: python -m cifar train {spec.recipe.init_from} ... "
-                           "or pass --from-run RUN_ID")
-        overrides["init_from_run"] = donors[-1].run_id
-    if overrides.get("init_from_run"):
-        donor = artifacts.get_run(overrides["init_from_run"])
-        if overrides.get("input_size") is None:
-            overrides["input_size"] = donor.metadata.get("config", {}).get("input_size")
-        if overrides.get("weights") is not None:
-            raise CifarError("--weights does not apply with --from-run: fine-tuning keeps the donor run's weights")
-        overrides["weights"] = donor.metadata.get("pretrained_weights")
-    return resolve_config(model, **overrides)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from cifar.config import add_config_flags
     parser = argparse.ArgumentParser(prog="python -m cifar", description="Train, evaluate and compare "
                                      "CIFAR-10 classifiers.", epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -114,11 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models of the registry and their recipes")
 
-    train = sub.add_parser("train", help="train a model and publish the run")
-    train.add_argument("model", help="a registry name (see: python -m cifar models)")
+    train = sub.add_parser("train", help="train a model and publish the run",
+                           description="Train a model with its recipe; each flag overrides one setting. "
+                                       "--config RUN_ID trains a run's exact settings again (a new run).")
+    train.add_argument("model", nargs="?", help="a registry name (see: python -m cifar models); "
+                       "optional with --config")
+    train.add_argument("--config", metavar="RUN_ID|JSON|PATH",
+                       help="start from these settings instead of the recipe: a run's (its metadata's config), "
+                            "a JSON object, or a JSON file; the other flags still override them")
     train.add_argument("--run-id", help="use this run id (default: a new one)")
     train.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    add_training_flags(train)
+    add_config_flags(train)
 
     resume = sub.add_parser("resume", help="continue an interrupted run from its last epoch")
     resume.add_argument("run_id")
@@ -127,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="show a run's test metrics (add --recompute to re-evaluate)")
     evaluate.add_argument("run_id")
     evaluate.add_argument("--recompute", metavar="DATA", help="re-evaluate the saved model on this data source")
+    evaluate.add_argument("--store-validation", action="store_true",
+                          help="re-predict the run's validation split (from its config and --data) and "
+                               "add it to the run, for temperature scaling on the Compare page")
+    evaluate.add_argument("--data", help="with --store-validation: the run's data source")
+
+    compare = sub.add_parser("compare", help="paired tests, calibration and per-class differences of runs")
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs on the same test set")
+    compare.add_argument("--json", action="store_true")
 
     runs = sub.add_parser("runs", help="list published runs (and interrupted ones with --all)")
     runs.add_argument("--all", action="store_true", help="also list runs in progress or interrupted")
@@ -157,10 +114,50 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+@contextlib.contextmanager
+def _native_stderr_filtered():
+    """Capture file descriptor 2 (where C++ libraries write), then pass on
+    every line that is not _BACKEND_NOISE."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not _BACKEND_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def start_backend_quietly() -> None:
+    """Import Keras (and its backend) and touch the device once, without the
+    backend's start-up lines on stderr. Later imports are free."""
+    if "keras" in sys.modules:
+        return
+    with _native_stderr_filtered():
+        import keras
+        keras.ops.convert_to_numpy(keras.ops.zeros(1))  # device start-up (CUDA probing) happens here
+
+
+def _needs_backend(args) -> bool:
+    """Whether the command imports Keras at once (predict does, but only after decoding)."""
+    return (args.command in ("models", "train", "resume")
+            or (args.command == "evaluate" and bool(args.recompute))
+            or (args.command == "data" and args.source == "keras")
+            or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if _needs_backend(args):
+        start_backend_quietly()
     try:
         return COMMANDS[args.command](args) or 0
     except CifarError as exc:
@@ -179,17 +176,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_models(args) -> int:
     from cifar.models import REGISTRY
-    print(f"{'model':20} {'study':6} {'epochs':>6} {'batch':>5} {'lr':>8} {'opt':8} {'aug':4} summary")
+    print(f"{'model':20} {'study':6} {'epochs':>6} {'batch':>5} {'lr':>8} {'opt':12} {'aug':4} summary")
     for spec in REGISTRY.values():
-        r = spec.recipe
+        r = spec.defaults
         print(f"{spec.name:20} {spec.study_section:6} {r.epochs:>6} {r.batch_size:>5} {r.learning_rate:>8g} "
-              f"{r.optimizer:8} {'yes' if r.augment else 'no':4} {r.summary}")
+              f"{r.optimizer:12} {'yes' if r.augment else 'no':4} {spec.summary}")
+    print("every setting of a recipe: python -m cifar train MODEL --help, and each run's metadata.json")
     return 0
 
 
 def cmd_train(args) -> int:
+    from cifar.config import config_from_source, config_overrides, resolve_config
     from cifar.train import start_run
-    config = resolve_training_config(args.model, training_overrides(args))
+    overrides = config_overrides(args)
+    base, source_run = config_from_source(args.config) if args.config else (None, None)
+    if source_run and "note" not in overrides:
+        overrides["note"] = f"retrain of {source_run}"
+    config = resolve_config(args.model, overrides, base=base)
     print(f"training {config.model}: {json.dumps(config.to_dict())}", flush=True)
     run_id = start_run(config, run_id=args.run_id, verbose=2 if args.quiet else 1)
     _print_summary(run_id)
@@ -214,6 +217,14 @@ def _print_summary(run_id: str) -> None:
 def cmd_evaluate(args) -> int:
     from cifar import artifacts
     info = artifacts.get_run(args.run_id)
+    if args.store_validation:
+        from cifar.evaluate import store_validation_predictions
+        if not args.data:
+            raise CifarError("--store-validation needs --data PATH: the data source the run was trained on")
+        stored = store_validation_predictions(args.run_id, args.data)
+        print(f"run {args.run_id}: stored {stored['images']:,} validation predictions "
+              f"(validation accuracy {stored['accuracy']:.4f})")
+        return 0
     if args.recompute:
         from cifar.data import load_cifar10
         from cifar.evaluate import evaluate
@@ -228,6 +239,13 @@ def cmd_evaluate(args) -> int:
     for key, value in metrics.items():
         print(f"  {key:20} {value:.4f}" if isinstance(value, float) else f"  {key:20} {value}")
     print(per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from cifar.compare import format_report, report
+    result = report(args.run_ids)
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
 
@@ -266,12 +284,16 @@ def cmd_runs(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from cifar.predict import predict_files
+    from cifar.predict import decode_files, model_file, predict_decoded
+    model_file(args.run_id)  # a bad run id fails before any file is read
+    decoded = decode_files(args.images)  # every file is checked before Keras and the model load
+    if any("image" in result for result in decoded):
+        start_backend_quietly()
     failures = 0
-    for result in predict_files(args.run_id, args.images, k=args.top or 3):
+    for result in predict_decoded(args.run_id, decoded, k=args.top or 3):
         if "error" in result:
             failures += 1
-            print(f"{result['file']}: error: {result['error']}")
+            print(f"{result['file']}: error: {result['error']}", file=sys.stderr)
         else:
             ranked = ", ".join(f"{name} {p:.1%}" for name, p in result["top_k"])
             print(f"{result['file']}: {ranked}")
@@ -290,4 +312,5 @@ def cmd_jobs(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "train": cmd_train, "resume": cmd_resume, "evaluate": cmd_evaluate,
-            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs}
+            "runs": cmd_runs, "predict": cmd_predict, "data": cmd_data, "jobs": cmd_jobs,
+            "compare": cmd_compare}

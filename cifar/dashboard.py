@@ -67,11 +67,12 @@ SOURCE, RUN, MODEL = "Source", "Run", "Model"
 PARAMS, LAYERS, EPOCHS, BEST_EPOCH = "Parameters", "Layers", "Epochs run", "Best epoch"
 AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER = "Augmentation", "BatchNorm", "Dropout", "Optimizer"
 ACCURACY, LOSS, F1, RECALL = "Test accuracy", "Test loss", "Macro F1", "Macro recall"
+ACCURACY_CI = "Accuracy 95% CI"  # Wilson score interval over the run's test images
 TRAIN_MINUTES, HARDWARE, PRECISION = "Training time (min)", "Hardware", "Precision"
 IMAGENET, LATENCY, NOTES = "ImageNet weights", "Latency (ms)", "Notes"
 TABLE_COLUMNS = [SOURCE, RUN, MODEL, PARAMS, LAYERS, EPOCHS, BEST_EPOCH, AUGMENT, BATCHNORM, DROPOUT,
-                 OPTIMIZER, ACCURACY, LOSS, F1, RECALL, TRAIN_MINUTES, HARDWARE, PRECISION, IMAGENET,
-                 LATENCY, NOTES]
+                 OPTIMIZER, ACCURACY, ACCURACY_CI, LOSS, F1, RECALL, TRAIN_MINUTES, HARDWARE, PRECISION,
+                 IMAGENET, LATENCY, NOTES]
 # Which way is better for each highlighted column: fewer parameters is
 # cheaper to serve, so it counts as better on the cost side of the frontier.
 BEST_IS = {ACCURACY: "max", F1: "max", RECALL: "max", LOSS: "min", TRAIN_MINUTES: "min",
@@ -89,12 +90,23 @@ def measured_row(run_id: str, metadata: dict, metrics: dict) -> dict:
         EPOCHS: metadata.get("epochs_run"), BEST_EPOCH: metadata.get("best_epoch"),
         AUGMENT: yes_no(metadata.get("augmentation")), BATCHNORM: yes_no(metadata.get("batchnorm")),
         DROPOUT: yes_no(metadata.get("dropout")), OPTIMIZER: metadata.get("optimizer"),
-        ACCURACY: metrics.get("test_accuracy"), LOSS: metrics.get("test_loss"),
+        ACCURACY: metrics.get("test_accuracy"), ACCURACY_CI: accuracy_interval_text(metrics),
+        LOSS: metrics.get("test_loss"),
         F1: metrics.get("f1_macro"), RECALL: metrics.get("recall_macro"),
         TRAIN_MINUTES: _minutes(metadata.get("train_seconds")), HARDWARE: hardware,
         PRECISION: config.get("precision"), IMAGENET: imagenet_text(metadata.get("imagenet_weights")),
         LATENCY: metrics.get("latency_ms"), NOTES: config.get("note") or "",
     }
+
+
+def accuracy_interval_text(metrics: dict) -> str | None:
+    """"89.9% to 91.0%": the Wilson 95% interval of a run's test accuracy."""
+    accuracy, images = metrics.get("test_accuracy"), metrics.get("n_test")
+    if accuracy is None or not images or pd.isna(accuracy):
+        return None
+    from cifar.compare import accuracy_interval
+    low, high = accuracy_interval(round(float(accuracy) * int(images)), int(images))
+    return f"{low:.1%} to {high:.1%}"
 
 
 def _minutes(seconds) -> float | None:
@@ -123,6 +135,7 @@ def study_rows(study: pd.DataFrame) -> pd.DataFrame:
         AUGMENT: study.data_augmentation.map(yes_no), BATCHNORM: study.batchnorm.map(yes_no),
         DROPOUT: study.dropout.map(yes_no), OPTIMIZER: study.optimizer,
         ACCURACY: study.test_accuracy, LOSS: study.test_loss, F1: study.f1_score, RECALL: study.recall,
+        ACCURACY_CI: "—",  # the study reports no interval
         TRAIN_MINUTES: np.nan, HARDWARE: "not reported", PRECISION: "not reported",
         IMAGENET: study.imagenet_weights.map(lambda v: imagenet_text(None if pd.isna(v) else v)),
         LATENCY: np.nan, NOTES: study.comments.fillna(""),

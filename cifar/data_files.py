@@ -3,12 +3,20 @@ archive (read in memory, never extracted) holding either the canonical python
 batches or class folders. `load_path(path)` gives the four arrays, what kind of
 copy it was and a note; every problem is a DataError naming the file. The
 formats and rules are described in `cifar.data`, the public entry point.
+
+A source is checked from its list of files before any file is read: the
+number of files and their total declared size are capped (MAX_MEMBERS,
+MAX_TOTAL_BYTES; a tar.gz is listed in one streaming pass that stops as
+soon as a cap is passed), then the layout is checked from the names alone.
+Only then are the files read, so a small archive of huge members ("zip
+bomb") or a wrong archive costs nothing.
 Decoded arrays are cached by `cifar.data`: a change to what this module
 returns must bump `cifar.data.CACHE_VERSION`, or stale caches stay in use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -31,6 +39,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 BATCH_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 MAX_MEMBER_BYTES = 64 << 20  # largest file read from an archive; a real batch is ~31 MB
+# Real copies: the canonical batches are 6 files, 186 MB; the JPEG class-folder
+# copy 60,023 entries, 55 MB; a PNG one about 150 MB. The caps leave room for
+# other encodings while refusing a bomb before its first byte is inflated.
+MAX_MEMBERS = 200_000
+MAX_TOTAL_BYTES = 1 << 30
 
 ALTERNATIVES = (
     "Use a local copy instead with --data PATH, where PATH is one of:\n"
@@ -44,12 +57,15 @@ ALTERNATIVES = (
 
 @dataclass
 class _Tree:
-    """The files of a folder or an archive by relative POSIX path, hidden entries left out."""
+    """The files of a folder or an archive by relative POSIX path (hidden entries
+    left out), with their declared sizes; nothing is read until `read`."""
 
     root: Path
     is_archive: bool
-    files: dict[str, Callable[[], bytes]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    reader: Callable[[str], bytes] | None = None
+    total_bytes: int = 0
 
     @property
     def label(self) -> str:
@@ -59,47 +75,84 @@ class _Tree:
         """How a message names one entry: a full path, or a member and its archive."""
         return f"'{name}' in {self.label}" if self.is_archive else f"'{self.root / name}'"
 
+    def add_file(self, name: str, size: int) -> None:
+        """Record one file, refusing the source as soon as a cap is passed."""
+        if size > MAX_MEMBER_BYTES:
+            raise DataError(f"{self.where(name)} is {size >> 20} MB, too big for a CIFAR-10 file; "
+                            "check that this is the right dataset.")
+        self.sizes[name] = size
+        self.total_bytes += size
+        if len(self.sizes) > MAX_MEMBERS:
+            raise DataError(f"{self.label} holds more than {MAX_MEMBERS:,} files; CIFAR-10 has 60,000 "
+                            "images. Check that this is the right dataset; nothing was read.")
+        if self.total_bytes > MAX_TOTAL_BYTES:
+            raise DataError(f"{self.label} holds more than {MAX_TOTAL_BYTES >> 20:,} MB of files "
+                            f"uncompressed; CIFAR-10 takes under 200 MB. Check that this is the right "
+                            "dataset; nothing was read.")
+        self.dirs.update(name.rsplit("/", k)[0] for k in range(1, name.count("/") + 1))
+
+    def read(self, name: str) -> bytes:
+        return self.reader(name)
+
+
+@contextlib.contextmanager
+def _opened_tree(path: Path):
+    """The listed _Tree of a folder or an archive, readable while the context is open."""
+    if path.is_dir():
+        yield _folder_tree(path)
+        return
+    try:
+        is_tar, is_zip = tarfile.is_tarfile(path), zipfile.is_zipfile(path)
+    except OSError as exc:
+        raise DataError(f"cannot read '{path}': {exc}") from exc
+    if not (is_tar or is_zip):
+        raise DataError(f"'{path}' is neither a folder nor a .tar.gz/.tgz/.tar/.zip archive. {ALTERNATIVES}")
+    damaged = (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error)
+    try:
+        if is_tar:
+            yield _tar_tree(path)
+        else:
+            with zipfile.ZipFile(path) as archive:
+                yield _zip_tree(path, archive)
+    except damaged as exc:
+        raise DataError(f"archive '{path}' is damaged or truncated ({exc}); "
+                        "download or copy it again.") from exc
+
 
 def load_path(path: Path):
     """((x_train, y_train, x_test, y_test), kind, note) from a local folder or archive."""
-    tree = _open_tree(path)
-    layout, prefix = _find_layout(tree)
-    if layout == "batches":
-        kind = f"canonical python batches {'archive' if tree.is_archive else 'folder'}"
-        return _read_batches(tree, prefix), kind, ""
-    arrays, formats = _read_class_folders(tree, prefix)
-    kind = f"class-folder {'archive' if tree.is_archive else 'tree'}"
-    return arrays, kind, f"({' and '.join(sorted(formats))} copy)"
+    with _opened_tree(path) as tree:
+        layout, prefix = _find_layout(tree)
+        source = "archive" if tree.is_archive else "folder"
+        if layout == "batches":
+            names = _batch_names(tree, prefix)
+            return _read_batches(tree, names), f"canonical python batches {source}", ""
+        _check_split_folders(tree, prefix)
+        names_by_split = [_class_folder_names(tree, prefix, split) for split in SPLITS]
+        arrays, formats = _read_class_folders(tree, names_by_split)
+        kind = f"class-folder {'archive' if tree.is_archive else 'tree'}"
+        return arrays, kind, f"({' and '.join(sorted(formats))} copy)"
 
 
 def _is_skipped(parts) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
-def _open_tree(path: Path) -> _Tree:
-    if path.is_dir():
-        return _folder_tree(path)
-    try:
-        if tarfile.is_tarfile(path):
-            return _tar_tree(path)
-        if zipfile.is_zipfile(path):
-            return _zip_tree(path)
-    except OSError as exc:
-        raise DataError(f"cannot read '{path}': {exc}") from exc
-    raise DataError(f"'{path}' is neither a folder nor a .tar.gz/.tgz/.tar/.zip archive. {ALTERNATIVES}")
-
-
 def _folder_tree(root: Path) -> _Tree:
-    files, dirs = {}, set()
+    tree = _Tree(root, is_archive=False, reader=lambda name: (root / name).read_bytes())
     for here, dirnames, filenames in os.walk(root, followlinks=True):
         rel = Path(here).relative_to(root).as_posix()
         rel = "" if rel == "." else rel + "/"
         dirnames[:] = sorted(d for d in dirnames if not _is_skipped([d]))
-        dirs.update(rel + d for d in dirnames)
+        tree.dirs.update(rel + d for d in dirnames)
         for name in filenames:
             if not _is_skipped([name]):
-                files[rel + name] = (lambda p=Path(here, name): p.read_bytes())
-    return _Tree(root, is_archive=False, files=files, dirs=dirs)
+                try:
+                    size = os.stat(Path(here, name)).st_size
+                except OSError as exc:
+                    raise DataError(f"cannot read '{Path(here, name)}': {exc.strerror or exc}") from exc
+                tree.add_file(rel + name, size)
+    return tree
 
 
 def _clean_member(name: str, archive: Path) -> str | None:
@@ -114,51 +167,49 @@ def _clean_member(name: str, archive: Path) -> str | None:
     return name
 
 
-def _add_member(tree: _Tree, name: str, size: int, read: Callable[[], bytes], archive: Path):
-    if size > MAX_MEMBER_BYTES:
-        raise DataError(f"'{name}' in archive '{archive}' is {size >> 20} MB, too big for a "
-                        "CIFAR-10 file; check that this is the right archive.")
-    data = read()
-    tree.files[name] = lambda: data
-    tree.dirs.update(name.rsplit("/", k)[0] for k in range(1, name.count("/") + 1))
-
-
 def _tar_tree(path: Path) -> _Tree:
+    """A tar's listing from one pass over its headers (data skipped, never kept);
+    its files are read in a second streaming pass, in archive order, on first use."""
     tree = _Tree(path, is_archive=True)
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            for member in tar:  # one streaming pass; nothing is written to disk
-                name = _clean_member(member.name, path)
-                if name is None:
-                    continue
-                if member.isdir():
-                    tree.dirs.add(name)
-                elif member.isfile():
-                    _add_member(tree, name, member.size, tar.extractfile(member).read, path)
-                else:
-                    raise DataError(f"'{name}' in archive '{path}' is a link or special file; only "
-                                    "regular files are read. Re-create the archive without links.")
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"archive '{path}' is damaged or truncated ({exc}); "
-                        "download or copy it again.") from exc
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            name = _clean_member(member.name, path)
+            if name is None:
+                continue
+            if member.isdir():
+                tree.dirs.add(name)
+            elif member.isfile():
+                tree.add_file(name, member.size)
+            else:
+                raise DataError(f"'{name}' in archive '{path}' is a link or special file; only "
+                                "regular files are read. Re-create the archive without links.")
+    contents: dict[str, bytes] = {}
+
+    def read(name: str) -> bytes:
+        if not contents:
+            with tarfile.open(path, "r|*") as stream:  # forward-only: no re-inflating to seek back
+                for member in stream:
+                    kept = _clean_member(member.name, path)
+                    if member.isfile() and kept in tree.sizes:
+                        contents[kept] = stream.extractfile(member).read()
+        return contents[name]
+    tree.reader = read
     return tree
 
 
-def _zip_tree(path: Path) -> _Tree:
-    tree = _Tree(path, is_archive=True)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                name = _clean_member(info.filename, path)
-                if name is None:
-                    continue
-                if info.is_dir():
-                    tree.dirs.add(name)
-                else:
-                    _add_member(tree, name, info.file_size, lambda i=info: archive.read(i), path)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"archive '{path}' is damaged or truncated ({exc}); "
-                        "download or copy it again.") from exc
+def _zip_tree(path: Path, archive: zipfile.ZipFile) -> _Tree:
+    """A zip's listing from its central directory alone; members are inflated on use."""
+    tree, infos = _Tree(path, is_archive=True), {}
+    for info in archive.infolist():
+        name = _clean_member(info.filename, path)
+        if name is None:
+            continue
+        if info.is_dir():
+            tree.dirs.add(name)
+        else:
+            tree.add_file(name, info.file_size)
+            infos[name] = info
+    tree.reader = lambda name: archive.read(infos[name])
     return tree
 
 
@@ -166,13 +217,13 @@ def _find_layout(tree: _Tree) -> tuple[str, str]:
     """("batches" or "folders", the path prefix where that layout starts)."""
     top = sorted(d for d in tree.dirs if "/" not in d)
     for prefix in ["", *(d + "/" for d in top)]:
-        if any(prefix + name in tree.files for name in BATCH_FILES):
+        if any(prefix + name in tree.sizes for name in BATCH_FILES):
             return "batches", prefix
     if any(split in tree.dirs for split in SPLITS):
         return "folders", ""
     if len(top) == 1 and any(f"{top[0]}/{split}" in tree.dirs for split in SPLITS):
         return "folders", top[0] + "/"
-    archives = [f for f in tree.files if "/" not in f and f.lower().endswith(ARCHIVE_SUFFIXES)]
+    archives = [f for f in tree.sizes if "/" not in f and f.lower().endswith(ARCHIVE_SUFFIXES)]
     hint = f" Did you mean --data {tree.root / archives[0]}?" if archives and not tree.is_archive else ""
     raise DataError(f"no train/ or test/ split and no python batches found in {tree.label}.{hint} "
                     f"Expected train/<class>/ and test/<class>/ folders (optionally inside one top "
@@ -204,14 +255,19 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return getattr(multiarray if name == "_reconstruct" else numeric, name)
 
 
-def _read_batches(tree: _Tree, prefix: str):
-    xs, ys = [], []
+def _batch_names(tree: _Tree, prefix: str) -> list[str]:
+    """The six batch files' names, all checked present before any is read."""
     for file in BATCH_FILES:
-        name = prefix + file
-        if name not in tree.files:
-            raise DataError(f"python batch {tree.where(name)} is missing; a complete "
+        if prefix + file not in tree.sizes:
+            raise DataError(f"python batch {tree.where(prefix + file)} is missing; a complete "
                             f"cifar-10-batches-py/ holds {', '.join(BATCH_FILES)}.")
-        x, y = _parse_batch(tree.files[name](), tree.where(name))
+    return [prefix + file for file in BATCH_FILES]
+
+
+def _read_batches(tree: _Tree, names: list[str]):
+    xs, ys = [], []
+    for name in names:
+        x, y = _parse_batch(tree.read(name), tree.where(name))
         xs.append(x)
         ys.append(y)
     return (np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5])
@@ -247,48 +303,55 @@ def _parse_batch(raw: bytes, where: str):
 
 # ---------------------------------------------------------------- class-folder trees
 
-def _read_class_folders(tree: _Tree, prefix: str):
-    expected = f"expected the {NUM_CLASSES} class folders {', '.join(CLASS_NAMES)}"
+def _check_split_folders(tree: _Tree, prefix: str) -> None:
     for name in sorted(tree.dirs):
         if name.startswith(prefix) and "/" not in name[len(prefix):] and name[len(prefix):] not in SPLITS:
             raise DataError(f"unexpected folder {tree.where(name)}; only train/ and test/ are read. "
                             "Move it out of the dataset.")
+
+
+def _class_folder_names(tree: _Tree, prefix: str, split: str) -> list[tuple[int, str]]:
+    """(label, file name) of every image of one split, checked from the names alone."""
+    expected = f"expected the {NUM_CLASSES} class folders {', '.join(CLASS_NAMES)}"
+    base = prefix + split
+    if base not in tree.dirs:
+        raise DataError(f"no {split}/ split: {tree.where(base)} is missing; a class-folder "
+                        f"dataset needs both train/ and test/, each with the {NUM_CLASSES} class folders.")
+    by_class: dict[str, list[str]] = {}
+    for name in sorted(d for d in tree.dirs if d.startswith(base + "/")):
+        parts = name[len(base) + 1:].split("/")
+        if len(parts) > 1:
+            raise DataError(f"unexpected subfolder {tree.where(name)}; images must sit directly "
+                            f"in {split}/<class>/.")
+        if parts[0] not in CLASS_NAMES:
+            raise DataError(f"unknown class folder {tree.where(name)}; {expected}.")
+        by_class[parts[0]] = []
+    for name in sorted(f for f in tree.sizes if f.startswith(base + "/")):
+        parts = name[len(base) + 1:].split("/")
+        if len(parts) == 1:
+            raise DataError(f"stray file {tree.where(name)}; images must sit in {split}/<class>/.")
+        if not name.lower().endswith(IMAGE_SUFFIXES):
+            raise DataError(f"{tree.where(name)} is not an image file (expected "
+                            f"{', '.join(IMAGE_SUFFIXES)}); remove it from the class folder.")
+        by_class[parts[0]].append(name)
+    if not by_class:
+        raise DataError(f"the {split}/ split {tree.where(base)} is empty; {expected}.")
+    missing = [c for c in CLASS_NAMES if c not in by_class]
+    if missing:
+        raise DataError(f"missing class folder(s) {', '.join(missing)} in {tree.where(base)}; {expected}.")
+    for cls, names in by_class.items():
+        if not names:
+            raise DataError(f"class folder {tree.where(f'{base}/{cls}')} is empty; every class "
+                            f"needs at least one image.")
+    return [(label, n) for label, cls in enumerate(CLASS_NAMES) for n in by_class[cls]]
+
+
+def _read_class_folders(tree: _Tree, names_by_split: list[list[tuple[int, str]]]):
     arrays, formats = [], set()
-    for split in SPLITS:
-        base = prefix + split
-        if base not in tree.dirs:
-            raise DataError(f"no {split}/ split: {tree.where(base)} is missing; a class-folder "
-                            f"dataset needs both train/ and test/, each with the {NUM_CLASSES} class folders.")
-        by_class: dict[str, list[str]] = {}
-        for name in sorted(d for d in tree.dirs if d.startswith(base + "/")):
-            parts = name[len(base) + 1:].split("/")
-            if len(parts) > 1:
-                raise DataError(f"unexpected subfolder {tree.where(name)}; images must sit directly "
-                                f"in {split}/<class>/.")
-            if parts[0] not in CLASS_NAMES:
-                raise DataError(f"unknown class folder {tree.where(name)}; {expected}.")
-            by_class[parts[0]] = []
-        for name in sorted(f for f in tree.files if f.startswith(base + "/")):
-            parts = name[len(base) + 1:].split("/")
-            if len(parts) == 1:
-                raise DataError(f"stray file {tree.where(name)}; images must sit in {split}/<class>/.")
-            if not name.lower().endswith(IMAGE_SUFFIXES):
-                raise DataError(f"{tree.where(name)} is not an image file (expected "
-                                f"{', '.join(IMAGE_SUFFIXES)}); remove it from the class folder.")
-            by_class[parts[0]].append(name)
-        if not by_class:
-            raise DataError(f"the {split}/ split {tree.where(base)} is empty; {expected}.")
-        missing = [c for c in CLASS_NAMES if c not in by_class]
-        if missing:
-            raise DataError(f"missing class folder(s) {', '.join(missing)} in {tree.where(base)}; {expected}.")
-        for cls, names in by_class.items():
-            if not names:
-                raise DataError(f"class folder {tree.where(f'{base}/{cls}')} is empty; every class "
-                                f"needs at least one image.")
-        names = [(label, n) for label, cls in enumerate(CLASS_NAMES) for n in by_class[cls]]
+    for names in names_by_split:
         x = np.empty((len(names), *IMAGE_SHAPE), dtype=np.uint8)
         for i, (_, name) in enumerate(names):
-            x[i], image_format = _decode_image(tree.files[name](), tree.where(name))
+            x[i], image_format = _decode_image(tree.read(name), tree.where(name))
             formats.add(image_format)
         arrays += [x, np.array([label for label, _ in names], dtype=np.int64)]
     return tuple(arrays), formats

@@ -4,6 +4,10 @@ Classification metrics come from scikit-learn. Speed is measured on the
 machine that runs this: `eval_images_per_s` is batched `predict` throughput
 over the whole test set (after a warm-up batch), `latency_ms` the median of
 single-image `predict_on_batch` calls (the dashboard's live-prediction path).
+
+Where a run holds a validation split, its probabilities are kept too (the
+optional `val_predictions` table): the Compare page fits a temperature on
+them. `store_validation_predictions` adds them to a run evaluated before.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support, top_k_accuracy_score
 
 from cifar import CLASS_NAMES, NUM_CLASSES
+from cifar.predict import predict_probabilities
 
 GALLERY_PER_PAIR = 16      # misclassified images kept per (true, predicted) pair
 GALLERY_CORRECT_PER_CLASS = 6  # correctly classified images kept per class
@@ -31,17 +36,18 @@ class Evaluation:
     confusion: pd.DataFrame     # long form
     predictions: pd.DataFrame
     gallery: pd.DataFrame
+    val_predictions: pd.DataFrame | None = None  # None: the run has no validation split
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """Class probabilities for every image, and the throughput in images/s."""
+def measure_throughput(model, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+    """Class probabilities for every image (cifar.predict.predict_probabilities), and images/s."""
     # Warm up both batch shapes predict will use (full and the remainder),
     # so tracing is not timed.
-    model.predict(images[:batch_size + len(images) % batch_size], batch_size=batch_size, verbose=0)
+    predict_probabilities(model, images[:batch_size + len(images) % batch_size], batch_size)
     start = time.perf_counter()
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
+    probabilities = predict_probabilities(model, images, batch_size)
     seconds = time.perf_counter() - start
-    return np.asarray(probabilities, dtype=np.float32), len(images) / max(seconds, 1e-9)
+    return probabilities, len(images) / max(seconds, 1e-9)
 
 
 def single_image_latency_ms(model, image: np.ndarray, calls: int = LATENCY_CALLS) -> float:
@@ -62,8 +68,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
-             seed: int = 0) -> Evaluation:
-    probabilities, images_per_s = predict_probabilities(model, x_test, batch_size)
+             seed: int = 0, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> Evaluation:
+    probabilities, images_per_s = measure_throughput(model, x_test, batch_size)
     predicted = probabilities.argmax(axis=1)
     labels = list(range(NUM_CLASSES))
     clipped = np.clip(probabilities, 1e-7, 1.0)
@@ -93,13 +99,49 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
     confusion.insert(1, "true_class", [CLASS_NAMES[i] for i in confusion.true_index])
     confusion.insert(3, "pred_class", [CLASS_NAMES[i] for i in confusion.pred_index])
 
-    predictions = pd.DataFrame({"index": np.arange(len(y_test)), "true_index": y_test.astype(np.int64),
-                                "pred_index": predicted.astype(np.int64)})
-    for i, name in enumerate(CLASS_NAMES):
-        predictions[f"prob_{name}"] = probabilities[:, i]
+    validation = None
+    if x_val is not None and len(x_val):
+        validation = prediction_table(predict_probabilities(model, x_val, batch_size), y_val)
+    return Evaluation(pd.DataFrame([summary]), per_class, confusion, prediction_table(probabilities, y_test),
+                      build_gallery(x_test, y_test, predicted, seed), validation)
 
-    return Evaluation(pd.DataFrame([summary]), per_class, confusion, predictions,
-                      build_gallery(x_test, y_test, predicted, seed))
+
+def prediction_table(probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """One row per image: index (position in its split), true_index, pred_index, prob_<class>."""
+    table = pd.DataFrame({"index": np.arange(len(labels)), "true_index": labels.astype(np.int64),
+                          "pred_index": probabilities.argmax(axis=1).astype(np.int64)})
+    for i, name in enumerate(CLASS_NAMES):
+        table[f"prob_{name}"] = probabilities[:, i]
+    return table
+
+
+def store_validation_predictions(run_id: str, source: str) -> dict:
+    """Re-predict a published run's validation split (rebuilt from its config:
+    same data, same --limit-per-class and --val-size, same seed) and add it to
+    the run as `val_predictions`. Refuses other data than the run's."""
+    from cifar import artifacts
+    from cifar.data import limit_per_class, load_cifar10, split_validation
+    from cifar.errors import RunError
+    from cifar.predict import load_model
+
+    info = artifacts.get_run(run_id)
+    config, recorded = info.metadata.get("config") or {}, info.metadata.get("data") or {}
+    if not recorded.get("n_val"):
+        raise RunError(f"run {run_id} held no validation split out (it trained on all its training images); "
+                       "there is nothing to store")
+    data = load_cifar10(source)
+    if data.fingerprint != recorded.get("fingerprint"):
+        raise RunError(f"'{source}' is data {data.fingerprint}, but run {run_id} was trained on "
+                       f"{recorded.get('fingerprint')}; pass the run's own data ({recorded.get('source')})")
+    seed = config.get("seed", 0)
+    x, y = limit_per_class(data.x_train, data.y_train, config.get("limit_per_class"), seed)
+    _, _, x_val, y_val = split_validation(x, y, config.get("val_size", 0), seed)
+    if len(y_val) != recorded["n_val"]:
+        raise RunError(f"the rebuilt validation split has {len(y_val)} images, the run recorded "
+                       f"{recorded['n_val']}; it cannot be rebuilt from this config")
+    table = prediction_table(predict_probabilities(load_model(run_id), x_val), y_val)
+    artifacts.add_optional_table(run_id, "val_predictions", table)
+    return {"images": len(table), "accuracy": float((table.pred_index == table.true_index).mean())}
 
 
 def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:

@@ -1,19 +1,24 @@
 """Background training jobs: a durable queue that outlives the dashboard.
 
-A job is one `python -m cifar train ...` run launched for someone, recorded
-in SQLite under `artifacts.jobs_dir()` so every dashboard session, the CLI
-and a restarted Streamlit process all see the same jobs:
+A job is one training run launched for someone. It stores the run's
+resolved config (`Job.config`, the RunConfig as JSON, settled when it was
+submitted: fine-tuning's donor run included), never a command line; a
+backend runs `python -m cifar` with `training_command(job)`. The local
+backend records jobs in SQLite under `artifacts.jobs_dir()` so every
+dashboard session, the CLI and a restarted Streamlit process all see the
+same jobs:
 
     queued -> running -> succeeded | failed | cancelled | lost
                   lost | failed -> (resume) -> queued, as a new attempt
 
-Pages talk to a `JobBackend` (submit, get, list_jobs, cancel, logs, resume)
-and never learn how a job runs. `LocalProcessBackend` (cifar/jobs_local.py)
-runs jobs on this machine; a Ray Jobs backend can implement the same six methods with
-`JobSubmissionClient.submit_job(entrypoint=...)`, `get_job_status`,
-`stop_job` and `get_job_logs`, reusing `Job.args` as the entrypoint.
-
-How the local backend works: see `cifar/jobs_local.py`.
+Pages talk to a `JobBackend` (submit, get, list_jobs, cancel, logs, resume,
+capacity) and never learn how a job runs; $CIFAR_JOBS_BACKEND picks one
+(`get_backend`). `LocalProcessBackend` (cifar/jobs_local.py, the default)
+runs jobs on this machine, `max_concurrent` at a time; `RayJobsBackend`
+(cifar/jobs_ray.py) hands each attempt to a Ray cluster's job server, with
+`training_command(job)` as the entrypoint and the job's `Resources` (CPUs,
+GPUs) reserved, so jobs run side by side up to the cluster's capacity.
+`submit_seeds` queues one job per seed (a seed sweep) on either.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifar import artifacts
+from cifar.config import RunConfig
 from cifar.errors import CifarError
 
 ACTIVE = ("queued", "running")
@@ -81,7 +87,7 @@ class Job:
     id: int
     run_id: str
     model: str
-    args: list[str]
+    config: dict  # the resolved RunConfig (RunConfig.to_dict()) the job trains
     status: str
     submitted_by: str
     created_at: float
@@ -144,10 +150,16 @@ def _duration(seconds: float) -> str:
 class JobBackend(abc.ABC):
     """Where jobs run. Pages and the CLI use only these methods."""
 
+    name = "local"  # what the Retrain page and `jobs list` call this backend
+
     @abc.abstractmethod
-    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
-        """Queue a training (model + training-flag overrides); an identical queued or
-        running request returns that job with `reused=True`."""
+    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
+               resources: Resources | None = None) -> Job:
+        """Queue a training: `model` with `overrides` of its recipe (RunConfig field
+        names; None means the recipe's), resolved now by `prepare_request`. An
+        identical queued or running request returns that job with `reused=True`.
+        `resources` is what the job reserves where the backend schedules by
+        resources (Ray)."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...
@@ -166,53 +178,148 @@ class JobBackend(abc.ABC):
     def resume(self, job_id: int) -> Job:
         """Queue a lost or failed job again; it continues from its last completed epoch."""
 
+    def capacity(self) -> Capacity:
+        """Where jobs run and how many at once (this machine's default; Ray asks its cluster)."""
+        slots = self.settings.max_concurrent
+        return Capacity(backend=self.name, where="this machine",
+                        summary=f"Jobs run on this machine, {slots} at a time "
+                                f"($CIFAR_JOBS_MAX_CONCURRENT); the others wait their turn.")
+
+
+BACKENDS = ("local", "ray")
+
 
 def get_backend() -> JobBackend:
-    """The backend named by $CIFAR_JOBS_BACKEND (only "local" so far)."""
-    name = os.environ.get("CIFAR_JOBS_BACKEND", "local")
-    if name != "local":
-        raise CifarError(f"unknown jobs backend '{name}' ($CIFAR_JOBS_BACKEND); known: local")
-    from cifar.jobs_local import LocalProcessBackend
-    return LocalProcessBackend()
+    """The backend named by $CIFAR_JOBS_BACKEND: "local" (the default) or "ray"
+    (a Ray cluster's job server at $RAY_ADDRESS; see cifar/jobs_ray.py)."""
+    name = (os.environ.get("CIFAR_JOBS_BACKEND") or "local").strip().lower()
+    if name == "local":
+        from cifar.jobs_local import LocalProcessBackend
+        return LocalProcessBackend()
+    if name == "ray":
+        from cifar.jobs_ray import RayJobsBackend
+        return RayJobsBackend()
+    raise CifarError(f"unknown jobs backend '{name}' ($CIFAR_JOBS_BACKEND); known: {', '.join(BACKENDS)}")
+
+
+# ---------------------------------------------------------------- resources, capacity, seed sweeps
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job reserves. Ray starts a job once a node has these free, so jobs
+    run side by side up to the cluster's capacity; the local backend ignores them
+    and runs `max_concurrent` jobs at a time instead."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        for name in ("cpus", "gpus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+                raise CifarError(f"{name} must be a number >= 0 (got {value!r})")
+        if self.cpus == 0 and self.gpus == 0:
+            raise CifarError("a job must reserve at least some CPUs or GPUs (cpus and gpus are both 0), "
+                             "or nothing would limit how many run at once")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Where jobs run, for the Retrain page: one line for people, and the
+    cluster's free and total CPUs/GPUs when the backend has a cluster."""
+
+    backend: str
+    where: str
+    summary: str
+    free_cpus: float | None = None
+    total_cpus: float | None = None
+    free_gpus: float | None = None
+    total_gpus: float | None = None
+    error: str | None = None  # the cluster could not be reached or read
+
+
+MAX_SEEDS = 100  # a typo such as 0-10000 should not queue ten thousand jobs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; both forms mix ('0-2,7')."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise CifarError(f"seeds must look like 0-4 or 0,2,5 (got '{text}')") from None
+        if first < 0 or last < first:
+            raise CifarError(f"seeds must be whole numbers >= 0, ranges low-high (got '{part}')")
+        seeds += [s for s in range(first, last + 1) if s not in seeds]
+        if len(seeds) > MAX_SEEDS:
+            raise CifarError(f"at most {MAX_SEEDS} seeds in one sweep (got '{text}')")
+    return seeds
+
+
+def submit_seeds(backend: JobBackend, model: str, overrides: dict | None, seeds: list[int],
+                 submitted_by: str = "", resources: Resources | None = None) -> list[Job]:
+    """One job per seed, same settings otherwise (a seed sweep, for bench.seed_spread)."""
+    if (overrides or {}).get("seed") is not None:
+        raise CifarError("give either one seed or a list of seeds, not both")
+    return [backend.submit(model, {**(overrides or {}), "seed": seed}, submitted_by=submitted_by,
+                           resources=resources) for seed in seeds]
+
+
+def model_choices() -> dict[str, str]:
+    """Registry names and their one-line summaries, read from cifar/models.py's
+    `@register(...)` lines without importing it: the registry imports keras, and
+    a page that only lists names should not pay for TensorFlow."""
+    import ast
+    tree = ast.parse((Path(__file__).parent / "models.py").read_text())
+    choices = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("build_")):
+            continue
+        for decorator in node.decorator_list:
+            if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "register":
+                choices[node.name.removeprefix("build_")] = _summary_of(decorator)
+    return choices
+
+
+def _summary_of(call) -> str:
+    """`@register("summary", ...)`'s first argument (or its `summary=` keyword)."""
+    import ast
+    if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        return call.args[0].value
+    for keyword in call.keywords:
+        if keyword.arg == "summary" and isinstance(keyword.value, ast.Constant):
+            return keyword.value.value
+    return ""
 
 
 # ---------------------------------------------------------------- requests
 
-def prepare_request(model: str, overrides: dict | None) -> tuple[list[str], str]:
-    """Validate a request as `train` would; return (argv after `python -m cifar`, config key).
+def prepare_request(model: str, overrides: dict | None) -> tuple[RunConfig, str]:
+    """Resolve a request as `train` would; return (its config, a key for dedupe).
 
     Fine-tuning's donor run is chosen now, so the job trains what was asked
-    even if newer runs appear while it waits. A local data path becomes
-    absolute, because the job does not run in the submitter's folder."""
-    import argparse
-
-    from cifar.cli import add_training_flags, resolve_training_config
-    parser = argparse.ArgumentParser(add_help=False)
-    add_training_flags(parser)
-    # The flags' names live in one place, cli.add_training_flags; argparse lists them in _actions.
-    actions = {a.dest: a for a in parser._actions}
-    request = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(request) - set(actions))
-    if unknown:
-        raise CifarError(f"unknown training settings {unknown}; known: {sorted(actions)}")
-    data = request.get("data")
-    if data and data != "keras":
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise CifarError(f"data source '{data}' does not exist on the training machine")
-        request["data"] = str(path.resolve())
-    config = resolve_training_config(model, request)  # fills init_from_run / input_size in request
-    argv = []
-    for dest, value in request.items():
-        if value is None:
-            continue
-        action = actions[dest]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(action.option_strings[0 if value else 1])
-        else:
-            argv += [action.option_strings[0], str(value)]
+    even if newer runs appear while it waits. A local data path must exist
+    now (and becomes absolute), because the job does not run in the
+    submitter's folder."""
+    from cifar.config import resolve_config
+    config = resolve_config(model, overrides)
+    if config.data != "keras" and not Path(config.data).exists():
+        raise CifarError(f"data source '{config.data}' does not exist on the training machine")
     key = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-    return ["train", model, *argv], key
+    return config, key
+
+
+def training_command(job: Job) -> list[str]:
+    """The arguments after `python -m cifar` that run the job's next attempt: its
+    first trains from the stored config; a later one resumes from the run's last
+    checkpoint when there is one (else it starts over, from the same config)."""
+    if job.attempt > 0 and artifacts.work_dir(job.run_id).exists():
+        return ["resume", job.run_id, "--quiet"]
+    if not job.config:
+        raise JobError(f"job {job.id} has no stored config (queued by an older version); submit it again")
+    return ["train", "--config", json.dumps(job.config, sort_keys=True), "--run-id", job.run_id, "--quiet"]
 
 
 def data_source_choices() -> list[str]:

@@ -27,6 +27,7 @@ import fcntl
 import json
 import os
 import shutil
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from cifar import artifacts
 from cifar.errors import CifarError
-from cifar.jobs import Job, JobBackend, JobError, JobSettings, prepare_request
+from cifar.jobs import Job, JobBackend, JobError, JobSettings, prepare_request, training_command
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
 LOG_TAIL_LINES = 40
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL UNIQUE,
     model TEXT NOT NULL,
-    args TEXT NOT NULL,            -- JSON argv after `python -m cifar` for the first attempt
+    config TEXT NOT NULL,          -- JSON of the resolved RunConfig the job trains
     config_key TEXT NOT NULL,      -- sha256 of the resolved RunConfig, for dedupe
     status TEXT NOT NULL,
     submitted_by TEXT NOT NULL DEFAULT '',
@@ -137,19 +138,20 @@ class LocalProcessBackend(JobBackend):
     def __init__(self, settings: JobSettings | None = None, **overrides):
         self.settings = settings or JobSettings.from_env(**overrides)
         self.dir = artifacts.jobs_dir()
-        self.db_path = self.dir / "jobs.sqlite"
+        self.db_path = artifacts.jobs_database_path()
         self._schema_ready = False
 
     # ------------------------------------------------------------ storage
 
     def _connect(self) -> sqlite3.Connection:
         if not self._schema_ready:
-            (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
         con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
         if not self._schema_ready:
             con.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker
             con.executescript(SCHEMA)
+            _migrate_command_lines(con)
             self._schema_ready = True
         return con
 
@@ -181,10 +183,10 @@ class LocalProcessBackend(JobBackend):
         return rows[0]
 
     def log_path(self, job_id: int) -> Path:
-        return self.dir / "logs" / f"job-{int(job_id)}.log"
+        return artifacts.job_log_path(job_id)
 
     def _exit_path(self, job_id: int) -> Path:
-        return self.dir / "logs" / f"job-{int(job_id)}.exit"
+        return artifacts.job_exit_path(job_id)
 
     def _job(self, row: sqlite3.Row, reused: bool = False) -> Job:
         if row["status"] == "running":
@@ -193,7 +195,7 @@ class LocalProcessBackend(JobBackend):
                 progress = {"status": "completed"}  # published; the process is exiting
         else:
             progress = json.loads(row["last_progress"] or "{}")
-        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], args=json.loads(row["args"]),
+        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
                    status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
                    queued_at=row["queued_at"], started_at=row["started_at"],
                    finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
@@ -202,8 +204,10 @@ class LocalProcessBackend(JobBackend):
 
     # ------------------------------------------------------------ the interface
 
-    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
-        args, key = prepare_request(model, overrides)
+    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
+               resources=None) -> Job:
+        # `resources` is for backends that schedule by them (Ray); here max_concurrent limits.
+        config, key = prepare_request(model, overrides)
         now = time.time()
         with self._transaction() as con:
             row = con.execute(
@@ -213,10 +217,10 @@ class LocalProcessBackend(JobBackend):
             if row is None:
                 run_id = artifacts.new_run_id(model)
                 job_id = con.execute(
-                    "INSERT INTO jobs (run_id, model, args, config_key, status, submitted_by, created_at, "
+                    "INSERT INTO jobs (run_id, model, config, config_key, status, submitted_by, created_at, "
                     "queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (run_id, model, json.dumps(args[:2] + ["--run-id", run_id, "--quiet"] + args[2:]),
-                     key, submitted_by, now, now)).lastrowid
+                    (run_id, config.model, json.dumps(config.to_dict()), key, submitted_by, now,
+                     now)).lastrowid
                 row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 reused = False
             else:
@@ -332,8 +336,9 @@ class LocalProcessBackend(JobBackend):
     def _lock(self, owner: bool = False):
         """The worker lock, held (an open file), or None if another worker holds it.
         The owner writes its pid into it, for people and for tests."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.dir / "worker.lock", "a+")
+        path = artifacts.jobs_worker_lock_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -360,7 +365,7 @@ class LocalProcessBackend(JobBackend):
         # `python -m cifar.jobs_local`, not `python -m cifar jobs worker`: the full CLI imports
         # TensorFlow (~9 s, ~700 MB), which a worker that only starts processes never needs.
         command = [sys.executable, "-m", "cifar.jobs_local", "--idle-exit", str(self.settings.worker_idle_exit)]
-        subprocess.run(["/bin/sh", "-c", _DETACH, "cifar-jobs", str(self.dir / "worker.log"), *command],
+        subprocess.run(["/bin/sh", "-c", _DETACH, "cifar-jobs", str(artifacts.jobs_worker_log_path()), *command],
                        cwd=PACKAGE_PARENT, env=env, check=True, start_new_session=True)
 
     def run_worker(self, idle_exit: float | None = None) -> None:
@@ -408,7 +413,7 @@ class LocalProcessBackend(JobBackend):
             for row in queued:
                 try:
                     process = self._spawn(row)
-                except OSError as exc:
+                except (OSError, CifarError) as exc:
                     con.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
                                 (time.time(), f"could not start the training: {exc}", row["id"]))
                     continue
@@ -419,20 +424,69 @@ class LocalProcessBackend(JobBackend):
                             (time.time(), process.pid, _boot_id(), row["id"]))
 
     def _spawn(self, row: sqlite3.Row) -> subprocess.Popen:
-        args = json.loads(row["args"])
-        if row["attempt"] > 0 and artifacts.work_dir(row["run_id"]).exists():
-            args = ["resume", row["run_id"], "--quiet"]  # continue from the last checkpoint
+        args = training_command(self._job(row))  # a later attempt resumes from the last checkpoint
         exit_path = self._exit_path(row["id"])
         exit_path.unlink(missing_ok=True)
         command = [sys.executable, "-m", "cifar", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "CIFAR_ARTIFACTS": str(artifacts.root())}
-        with open(self.log_path(row["id"]), "ab") as log:
+        log_path = self.log_path(row["id"])
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
             log.write(f"=== job {row['id']} attempt {row['attempt'] + 1} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: python -m cifar {' '.join(args)}\n".encode())
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: python -m cifar {shlex.join(args)}\n".encode())
             log.flush()
             return subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "cifar-job", str(exit_path), *command],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=PACKAGE_PARENT, env=env, start_new_session=True)
+
+
+def _migrate_command_lines(con: sqlite3.Connection) -> None:
+    """Older versions stored each job's command line (`args`), not its config.
+    Each job gets the settings its command line gave as its config (the recipe
+    fills in the rest when it trains); a queued job whose line cannot be read
+    back (`--track-test True`, one of that format's bugs) is failed with a note
+    to submit it again. Runs once, whoever opens the old database first."""
+    if "args" not in {row["name"] for row in con.execute("PRAGMA table_info(jobs)")}:
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if "args" in {row["name"] for row in con.execute("PRAGMA table_info(jobs)")}:
+            con.execute("ALTER TABLE jobs ADD COLUMN config TEXT NOT NULL DEFAULT '{}'")
+            for row in con.execute("SELECT id, status, args FROM jobs").fetchall():
+                try:
+                    config = _config_from_command_line(json.loads(row["args"]))
+                except (ValueError, TypeError) as exc:
+                    config = {}
+                    if row["status"] == "queued":
+                        con.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                                    (time.time(), f"queued by an older version whose command line cannot be "
+                                     f"read back ({exc}); submit it again", row["id"]))
+                con.execute("UPDATE jobs SET config = ? WHERE id = ?", (json.dumps(config), row["id"]))
+            con.execute("ALTER TABLE jobs DROP COLUMN args")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _config_from_command_line(argv: list[str]) -> dict:
+    """The settings of an old job's `train MODEL --run-id ID --quiet --flag value ...`."""
+    import argparse
+
+    from cifar.config import add_config_flags, config_overrides
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    for name in ("command", "model"):
+        parser.add_argument(name)
+    parser.add_argument("--run-id")
+    parser.add_argument("--quiet", action="store_true")
+    add_config_flags(parser)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except (argparse.ArgumentError, SystemExit) as exc:
+        raise ValueError(str(exc)) from None
+    if extra or args.command != "train":
+        raise ValueError(f"unexpected arguments {extra or [args.command]}")
+    return {"model": args.model, **config_overrides(args)}
 
 
 def _read_json(path: Path) -> dict:

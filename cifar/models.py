@@ -8,7 +8,9 @@ never needs its caller to know what it is.
 Only the `keras` API is used here, so the same code runs with
 KERAS_BACKEND=tensorflow, jax or torch.
 
-Adding a model: write a builder, decorate it with `@register(Recipe(...))`.
+Adding a model: write a builder, decorate it with `@register(summary, **recipe)`,
+the recipe being the training settings (RunConfig fields, cifar/config.py)
+where it differs from RunConfig's defaults.
 """
 
 from __future__ import annotations
@@ -16,44 +18,28 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import keras
 from keras import layers
 
 from cifar import IMAGE_SHAPE, NUM_CLASSES, fast_cnn
+from cifar.config import FIELDS, RunConfig
 from cifar.errors import ModelError
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Default training settings of one registry entry (CLI flags override them)."""
-
-    optimizer: str = "adam"            # adam | rmsprop | sgd_nesterov
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 15
-    augment: bool = False              # the model's augmentation (the study's: rotation, flip, shifts)
-    early_stopping_patience: int | None = None  # on val_accuracy, restores best weights
-    label_smoothing: float = 0.0
-    input_size: int | None = None      # transfer models resize inside the model
-    weights: str | None = None         # transfer models: imagenet | none | path
-    init_from: str | None = None       # fine-tuning starts from a run of this model
-    momentum: float = 0.9              # sgd_nesterov only
-    weight_decay: float | None = None  # decoupled, scaled by the current learning rate
-    warmup_fraction: float = 0.0       # > 0: linear warm-up from 0.2x, then linear decay to 0.07x
-    ema_momentum: float | None = None  # airbench-style lookahead toward an EMA of the weights
-    val_size: int = 5000               # held out of the training set for validation
-    summary: str = ""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     builder: Callable[..., keras.Model]
-    recipe: Recipe
+    # The model's default training settings: overrides of RunConfig's defaults
+    # (cifar/config.py), which CLI flags and job requests override in turn.
+    recipe: Mapping[str, Any]
+    summary: str = ""
     study_section: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    init_from: str | None = None  # fine-tuning starts from a run of this model
     prepare: Callable | None = None  # prepare(model, x_train) before training starts
     # epoch_augment(x_train, epoch, seed) -> the images of that epoch, when augmenting;
     # for augmentation a layer cannot express (fast_cnn's alternating flips)
@@ -61,17 +47,28 @@ class ModelSpec:
 
     @property
     def is_transfer(self) -> bool:
-        return self.recipe.weights is not None
+        return self.recipe.get("weights") is not None
+
+    @property
+    def defaults(self) -> RunConfig:
+        """The recipe as a whole config (RunConfig's defaults, then the recipe)."""
+        return RunConfig(model=self.name, **self.recipe)
 
 
 REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register(recipe: Recipe, study_section: str = "", tags: tuple[str, ...] = (),
-             prepare: Callable | None = None, epoch_augment: Callable | None = None):
+def register(summary: str, study_section: str = "", tags: tuple[str, ...] = (), init_from: str | None = None,
+             prepare: Callable | None = None, epoch_augment: Callable | None = None, **recipe):
+    """Register a builder; keyword arguments beyond these are its recipe (RunConfig fields)."""
+    unknown = sorted(set(recipe) - set(FIELDS) | ({"model"} & set(recipe)))
+    if unknown:
+        raise TypeError(f"recipe settings {unknown} are not RunConfig fields")
+
     def wrap(builder):
         name = builder.__name__.removeprefix("build_")
-        REGISTRY[name] = ModelSpec(name, builder, recipe, study_section, tags, prepare, epoch_augment)
+        REGISTRY[name] = ModelSpec(name, builder, MappingProxyType(dict(recipe)), summary, study_section,
+                                   tags, init_from, prepare, epoch_augment)
         return builder
     return wrap
 
@@ -88,12 +85,13 @@ def build_model(name: str, *, input_size: int | None = None, weights: str | None
                 augment: bool | None = None, seed: int | None = None) -> keras.Model:
     """Build a registry model; unset options take the recipe's defaults."""
     spec = get_spec(name)
+    defaults = spec.defaults
     if seed is not None:
         keras.utils.set_random_seed(seed)
-    kwargs = {"augment": spec.recipe.augment if augment is None else augment}
+    kwargs = {"augment": defaults.augment if augment is None else augment}
     if spec.is_transfer:
-        kwargs["input_size"] = input_size or spec.recipe.input_size
-        kwargs["weights"] = weights if weights is not None else spec.recipe.weights
+        kwargs["input_size"] = input_size or defaults.input_size
+        kwargs["weights"] = weights if weights is not None else defaults.weights
     model = spec.builder(**kwargs)
     allow_jit_on_jax(model)
     return model
@@ -163,9 +161,8 @@ def _conv_blocks(x, batchnorm: bool):
 
 # ---------------------------------------------------------------- home-made CNNs
 
-@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=15,
-                 summary="Study 3.1: 3 conv blocks, no augmentation (overfits)"),
-          study_section="3.1", tags=("study",))
+# RunConfig's defaults are this recipe: Adam at 1e-3, batch 64, 15 epochs.
+@register("Study 3.1: 3 conv blocks, no augmentation (overfits)", study_section="3.1", tags=("study",))
 def build_cnn_baseline(augment: bool = False) -> keras.Model:
     """Study 3.1, "Home-made CNN (v3)": 2,196,810 parameters.
 
@@ -181,10 +178,8 @@ def build_cnn_baseline(augment: bool = False) -> keras.Model:
     return keras.Model(inputs, _classifier_output(x), name="cnn_baseline")
 
 
-@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=50, augment=True,
-                 early_stopping_patience=8,
-                 summary="Study 3.2: + BatchNorm, dropout, augmentation, early stopping"),
-          study_section="3.2", tags=("study",))
+@register("Study 3.2: + BatchNorm, dropout, augmentation, early stopping", study_section="3.2",
+          tags=("study",), epochs=50, augment=True, early_stopping_patience=8)
 def build_cnn_regularized(augment: bool = True) -> keras.Model:
     """Study 3.2, "Home-made CNN (v4)": 2,200,394 parameters.
 
@@ -240,7 +235,8 @@ def _resize_and_preprocess(inputs, input_size: int, preprocess: Callable):
     return preprocess(x)
 
 
-def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: int) -> keras.Model:
+def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: int,
+           caffe_preprocess: bool = False) -> keras.Model:
     from keras.applications import vgg16
     base = load_backbone(vgg16.VGG16, "VGG16", input_size, weights)
     base.trainable = trainable_tail > 0
@@ -248,12 +244,17 @@ def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: 
         layer.trainable = False
     inputs = _raw_input()
     x = _augmentation()(inputs) if augment else inputs
-    x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
+    if caffe_preprocess:
+        x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
+    else:
+        x = _resize_and_preprocess(x, input_size, layers.Rescaling(1 / 255, name="scale"))
     x = base(x, training=False)
     for filters in (256, 512):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.BatchNormalization()(x)
-        x = layers.MaxPooling2D(padding="same")(x)
+        # The study's 'valid' pooling (7 -> 3 -> 1 at 224); a 1x1 map (small
+        # inputs) would pool to nothing, so it passes through with 'same'.
+        x = layers.MaxPooling2D(padding="valid" if x.shape[1] >= 2 else "same")(x)
     x = layers.GlobalAveragePooling2D()(x)
     for units in (512, 256):
         x = layers.Dense(units, activation="relu")(x)
@@ -262,7 +263,7 @@ def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: 
     return keras.Model(inputs, _classifier_output(x))
 
 
-VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to {{input_size}}
+VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to `input_size`
     (224 in the study, giving a 7x7x512 feature map), then the study's head:
     Conv2D 256 + BN + MaxPool, Conv2D 512 + BN + MaxPool, GlobalAveragePooling,
     Dense 512 + BN + Dropout, Dense 256 + BN + Dropout, Dense 10.
@@ -271,12 +272,26 @@ VGG_DOC = """Study 4.{section}: VGG16 ImageNet base on input upscaled to {{input
     we use (at 224). Its printed trainable count (9,839,114) is block5 of VGG16
     unfrozen, i.e. the fine-tuned state; for transfer learning we freeze the
     whole base as its text says. Dropout rate (unstated) is 0.3. Max pooling
-    uses 'same' padding so small input sizes still build."""
+    uses 'valid' padding as printed (7 -> 3 -> 1 at 224); a map already 1x1
+    (inputs under 64 px for the first pooling, under 128 px for the second)
+    passes through unchanged.
+    {preprocessing}"""
+
+STUDY_PREPROCESSING = """Preprocessing follows the study (section 1.3): pixels scaled to 0-1,
+    `preprocess_input` used only for ResNet50. VGG16's ImageNet weights were
+    trained on caffe-style inputs (BGR, ImageNet mean subtracted, 0-255), so
+    the study's choice is arguably wrong: {variant} is the same model with
+    `keras.applications.vgg16.preprocess_input`."""
+
+CAFFE_PREPROCESSING = """Not the study's preprocessing: this variant feeds the base what its
+    ImageNet weights expect, `keras.applications.vgg16.preprocess_input`
+    (BGR, ImageNet mean subtracted), where the study (and {study}) scales
+    pixels to 0-1."""
 
 
-@register(Recipe(optimizer="adam", learning_rate=1e-3, batch_size=64, epochs=50, input_size=224,
-                 weights="imagenet", summary="Study 4.1: frozen ImageNet VGG16 + conv head"),
-          study_section="4.1", tags=("study", "transfer"))
+@register("Study 4.1: frozen ImageNet VGG16 + conv head, inputs 0-1 as the study "
+          "(vgg16_transfer_caffe: VGG's own preprocessing)", study_section="4.1", tags=("study", "transfer"),
+          epochs=50, input_size=224, weights="imagenet")
 def build_vgg16_transfer(input_size: int = 224, weights: str | None = "imagenet",
                  augment: bool = False) -> keras.Model:
     model = _vgg16(input_size, weights, augment, trainable_tail=0)
@@ -284,10 +299,9 @@ def build_vgg16_transfer(input_size: int = 224, weights: str | None = "imagenet"
     return model
 
 
-@register(Recipe(optimizer="adam", learning_rate=1e-5, batch_size=64, epochs=30, input_size=224,
-                 weights="imagenet", init_from="vgg16_transfer",
-                 summary="Study 4.2: last 4 VGG16 layers unfrozen at lr 1e-5"),
-          study_section="4.2", tags=("study", "transfer"))
+@register("Study 4.2: last 4 VGG16 layers unfrozen at lr 1e-5, inputs 0-1 as the study", study_section="4.2",
+          tags=("study", "transfer"), init_from="vgg16_transfer",
+          learning_rate=1e-5, epochs=30, input_size=224, weights="imagenet")
 def build_vgg16_finetune(input_size: int = 224, weights: str | None = "imagenet",
                  augment: bool = False) -> keras.Model:
     model = _vgg16(input_size, weights, augment, trainable_tail=4)
@@ -295,11 +309,40 @@ def build_vgg16_finetune(input_size: int = 224, weights: str | None = "imagenet"
     return model
 
 
-build_vgg16_transfer.__doc__ = VGG_DOC.format(section=1)
-build_vgg16_finetune.__doc__ = VGG_DOC.format(section=2) + """
+@register("4.1 variant (not the study's): vgg16_transfer with the caffe preprocess_input "
+          "VGG's ImageNet weights expect", study_section="4.1", tags=("transfer",),
+          epochs=50, input_size=224, weights="imagenet")
+def build_vgg16_transfer_caffe(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=0, caffe_preprocess=True)
+    model.name = "vgg16_transfer_caffe"
+    return model
+
+
+@register("4.2 variant (not the study's): vgg16_finetune with VGG's caffe preprocess_input",
+          study_section="4.2", tags=("transfer",), init_from="vgg16_transfer_caffe",
+          learning_rate=1e-5, epochs=30, input_size=224, weights="imagenet")
+def build_vgg16_finetune_caffe(input_size: int = 224, weights: str | None = "imagenet",
+                 augment: bool = False) -> keras.Model:
+    model = _vgg16(input_size, weights, augment, trainable_tail=4, caffe_preprocess=True)
+    model.name = "vgg16_finetune_caffe"
+    return model
+
+
+_FINETUNE_DOC = """
     Fine-tuning unfreezes the last 4 base layers (block5's three convolutions
-    and its pooling) at learning rate 1e-5, starting from a vgg16_transfer
-    run's weights (--from-run, or the newest vgg16_transfer run)."""
+    and its pooling) at learning rate 1e-5, starting from a {donor} run's
+    weights (--from-run, or the newest {donor} run)."""
+build_vgg16_transfer.__doc__ = VGG_DOC.format(
+    section=1, preprocessing=STUDY_PREPROCESSING.format(variant="vgg16_transfer_caffe"))
+build_vgg16_finetune.__doc__ = VGG_DOC.format(
+    section=2, preprocessing=STUDY_PREPROCESSING.format(variant="vgg16_finetune_caffe")) + \
+    _FINETUNE_DOC.format(donor="vgg16_transfer")
+build_vgg16_transfer_caffe.__doc__ = VGG_DOC.format(
+    section=1, preprocessing=CAFFE_PREPROCESSING.format(study="vgg16_transfer"))
+build_vgg16_finetune_caffe.__doc__ = VGG_DOC.format(
+    section=2, preprocessing=CAFFE_PREPROCESSING.format(study="vgg16_finetune")) + \
+    _FINETUNE_DOC.format(donor="vgg16_transfer_caffe")
 
 
 def _resnet50(input_size: int, weights: str | None, augment: bool, trainable_from: str | None) -> keras.Model:
@@ -326,10 +369,9 @@ def _resnet50(input_size: int, weights: str | None, augment: bool, trainable_fro
     return keras.Model(inputs, _classifier_output(x))
 
 
-@register(Recipe(optimizer="rmsprop", learning_rate=1e-5, batch_size=32, epochs=20, augment=False,
-                 input_size=224, weights="imagenet",
-                 summary="Study 5.2: ResNet50, last conv block trainable, dense head"),
-          study_section="5.2", tags=("study", "transfer"))
+@register("Study 5.2: ResNet50, last conv block trainable, dense head", study_section="5.2",
+          tags=("study", "transfer"), optimizer="rmsprop", learning_rate=1e-5, batch_size=32, epochs=20,
+          input_size=224, weights="imagenet")
 def build_resnet50_transfer(input_size: int = 224, weights: str | None = "imagenet",
                  augment: bool = False) -> keras.Model:
     """Study 5.2: ResNet50 (ImageNet) at {input_size}, 49,723,082 parameters at 224.
@@ -346,10 +388,9 @@ def build_resnet50_transfer(input_size: int = 224, weights: str | None = "imagen
     return model
 
 
-@register(Recipe(optimizer="rmsprop", learning_rate=1e-6, batch_size=32, epochs=4, input_size=224,
-                 weights="imagenet", init_from="resnet50_transfer",
-                 summary="Study 5.3: every layer unfrozen at a low learning rate"),
-          study_section="5.3", tags=("study", "transfer"))
+@register("Study 5.3: every layer unfrozen at a low learning rate", study_section="5.3",
+          tags=("study", "transfer"), init_from="resnet50_transfer",
+          optimizer="rmsprop", learning_rate=1e-6, batch_size=32, epochs=4, input_size=224, weights="imagenet")
 def build_resnet50_finetune(input_size: int = 224, weights: str | None = "imagenet",
                  augment: bool = False) -> keras.Model:
     """Study 5.3: the resnet50_transfer model with every layer unfrozen.
@@ -362,11 +403,11 @@ def build_resnet50_finetune(input_size: int = 224, weights: str | None = "imagen
     return model
 
 
-@register(Recipe(optimizer="sgd_nesterov", learning_rate=1.5, batch_size=1024, epochs=10, augment=True,
-                 label_smoothing=0.2, momentum=0.85, weight_decay=8.9e-3, warmup_fraction=0.23,
-                 ema_momentum=0.95, val_size=0,
-                 summary="airbench94-style: whitening, identity init, EMA, TTA; 10 epochs"),
-          tags=("fast",), prepare=fast_cnn.prepare_fast_cnn, epoch_augment=fast_cnn.epoch_images)
+@register("airbench94-style: whitening, identity init, EMA, TTA; 10 epochs", tags=("fast",),
+          prepare=fast_cnn.prepare_fast_cnn, epoch_augment=fast_cnn.epoch_images,
+          optimizer="sgd_nesterov", learning_rate=1.5, batch_size=1024, epochs=10, augment=True,
+          label_smoothing=0.2, momentum=0.85, weight_decay=8.9e-3, warmup_fraction=0.23, ema_momentum=0.95,
+          val_size=0)
 def build_fast_cnn(augment: bool = True) -> keras.Model:
     """See cifar/fast_cnn.py: the recipe, its sources and its deviations.
 

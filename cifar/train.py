@@ -189,7 +189,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
     if config.early_stopping_patience and best_weights:
         model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
-    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed)
+    result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed, x_val=x_val, y_val=y_val)
     metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
                          train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds,
                          environment)
@@ -297,22 +297,23 @@ def _copy_weights_from_run(model: keras.Model, run_id: str) -> dict:
 
 
 def _optimizer(config: RunConfig, steps_per_epoch: int | None):
-    recipe = get_spec(config.model).recipe
+    """The run's optimizer, from its config alone (saved with the run, so a
+    later change of a recipe never changes how an existing run resumes)."""
     learning_rate = config.learning_rate
-    if recipe.warmup_fraction and steps_per_epoch:
+    if config.warmup_fraction and steps_per_epoch:
         total = steps_per_epoch * config.epochs
-        learning_rate = WarmupLinearDecay(config.learning_rate, total, recipe.warmup_fraction)
-    options = {"weight_decay": recipe.weight_decay}
-    if recipe.ema_momentum is not None:
+        learning_rate = WarmupLinearDecay(config.learning_rate, total, config.warmup_fraction)
+    options = {"weight_decay": config.weight_decay}
+    if config.ema_momentum is not None:
         from cifar.fast_cnn import LookaheadSGD
         total = (steps_per_epoch or 1) * config.epochs
-        return LookaheadSGD(total_steps=total, base=recipe.ema_momentum, learning_rate=learning_rate,
-                            momentum=recipe.momentum, nesterov=True, **options)
+        return LookaheadSGD(total_steps=total, base=config.ema_momentum, learning_rate=learning_rate,
+                            momentum=config.momentum, nesterov=True, **options)
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate, **options)
     if config.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(learning_rate, **options)
-    return keras.optimizers.SGD(learning_rate, momentum=recipe.momentum, nesterov=True, **options)
+    return keras.optimizers.SGD(learning_rate, momentum=config.momentum, nesterov=True, **options)
 
 
 def _current_lr(model) -> float:
@@ -371,7 +372,7 @@ def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
     return {
         "run_id": run_id, "model": config.model, "config": config.to_dict(),
-        "study_section": spec.study_section, "recipe_summary": spec.recipe.summary,
+        "study_section": spec.study_section, "recipe_summary": spec.summary,
         "created_at": run_id.split("-")[0],
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "is_transfer": spec.is_transfer,
@@ -402,6 +403,8 @@ def _publish(run_id, model, history, result, metadata) -> None:
         staging.write_table("confusion", result.confusion)
         staging.write_table("predictions", result.predictions)
         staging.write_table("gallery", result.gallery)
+        if result.val_predictions is not None:
+            staging.write_table("val_predictions", result.val_predictions)
         model.save(staging.model_path)
         staging.write_metadata(metadata)
         staging.publish()

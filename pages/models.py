@@ -13,7 +13,8 @@ FORMATS = {d.PARAMS: "{:,.0f}", d.LAYERS: "{:.0f}", d.EPOCHS: "{:.0f}", d.BEST_E
 HELP = {d.LATENCY: "Median time to classify one image, measured on the machine that trained the run",
         d.TRAIN_MINUTES: "Time spent in training epochs, on the hardware shown",
         d.PARAMS: "Total weights, trainable and frozen", d.F1: "F1 averaged over the 10 classes",
-        d.IMAGENET: "Transfer models: whether training started from ImageNet weights"}
+        d.IMAGENET: "Transfer models: whether training started from ImageNet weights",
+        d.ACCURACY_CI: "95% Wilson score interval of the test accuracy, over the run's test images"}
 
 
 def styled(table: pd.DataFrame):
@@ -51,7 +52,8 @@ if table_tab.open:
     table_tab.caption(f"{len(shown)} rows. Click a column header to sort. **Green**: the best measured value in "
                       "its column (highest accuracy, F1 and recall; lowest loss, time, latency and parameters). "
                       "**Grey rows** are the study's published results (Figure 2.1): measured by its authors on "
-                      "their hardware, not re-run here, and never counted as best.")
+                      "their hardware, not re-run here, and never counted as best. **Accuracy 95% CI**: Wilson score "
+                      "interval over the run's test images; whether two runs really differ is on the Compare page.")
 
 if chart_tab.open:
     runs_shown = shown[shown[d.SOURCE] == d.MEASURED_SOURCE]

@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 from cifar import dashboard as d, predict
-from cifar.errors import CifarError, ImageError
+from cifar.errors import CifarError
 from pages import _common
 
 COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0),
@@ -17,19 +17,21 @@ run_ids = _common.require_selection()
 names = _common.labels()
 limit_mb = st.get_option("server.maxUploadSize")
 
-uploads = st.file_uploader(f"Upload images: JPEG, PNG, WebP, BMP or GIF, up to {limit_mb} MB each",
+uploads = st.file_uploader(f"Upload images: JPEG, PNG, WebP, BMP or GIF, up to {limit_mb} MB each "
+                           f"and {predict.MAX_UPLOAD_FILES} at once",
                            accept_multiple_files=True, key="uploads")
 if st.button("Draw a random test image", icon=":material/casino:"):
     galleries = _common.tables(run_ids[:1], "gallery")
     st.session_state.random_image = d.pick_random_image(galleries, np.random.default_rng())
 
 images = []  # (title, 32x32 image, true class or None)
-for upload in uploads or []:
-    try:
-        images.append((upload.name, predict.decode_image(upload.getvalue(), name=upload.name,
-                                                         max_bytes=limit_mb * 1_000_000), None))
-    except ImageError as exc:
-        st.error(str(exc), icon=":material/block:")
+decoded = predict.decode_upload([(upload.name, upload.getvalue()) for upload in uploads or []],
+                               max_bytes=limit_mb * 1_000_000)
+for name, image, error in decoded:
+    if error:
+        st.error(error, icon=":material/block:")
+    else:
+        images.append((name, image, None))
 drawn = st.session_state.get("random_image")
 if drawn:
     images.append((f"Random test image #{drawn['index']} (true class: {drawn['true_class']})",

@@ -259,7 +259,7 @@ def test_predict_page_explains_each_bad_file_and_still_predicts_the_good_ones():
     app = open_page(PAGES[3])
     assert app.info  # nothing chosen yet: it says what to do
     bomb, animated, cmyk = io.BytesIO(), io.BytesIO(), io.BytesIO()
-    Image.new("1", (7000, 7000)).save(bomb, format="PNG")  # 49 million pixels in a few kB
+    Image.new("1", (9000, 9000)).save(bomb, format="PNG")  # 81 million pixels (162 MB to decode) in a few kB
     frames = [Image.new("P", (40, 40), colour) for colour in (1, 2)]
     frames[0].save(animated, format="GIF", save_all=True, append_images=frames[1:])
     Image.new("CMYK", (50, 50), (0, 255, 255, 0)).save(cmyk, format="JPEG")

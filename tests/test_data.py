@@ -1,10 +1,13 @@
 """cifar.data: every source format loads the same arrays, every broken input
 fails with a DataError that names the culprit, and the cache and splits behave."""
 
+import functools
 import io
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from cifar import data_files
 from cifar.data import cache_dir, check_source, limit_per_class, load_cifar10, split_validation
 from cifar.errors import DataError
 from tests.datasets import (
-    image_bytes, make_archive, make_class_folders, make_python_batches, python_batch_files,
+    class_folder_files, image_bytes, make_archive, make_class_folders, make_python_batches, python_batch_files,
     tiny_arrays, write_archive,
 )
 
@@ -423,3 +426,81 @@ def test_limit_per_class():
     for bad in (0, -2, 2.5):
         with pytest.raises(DataError, match="at least 1"):
             limit_per_class(x, y, bad)
+
+
+# ---------------------------------------------------------------- archives are listed before read
+
+@functools.lru_cache(maxsize=2)
+def deflated_zeros(size: int) -> tuple[bytes, int]:
+    """`size` zero bytes as raw deflate data, and their CRC-32."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return deflate.compress(bytes(size)) + deflate.flush(), zlib.crc32(bytes(size))
+
+
+def zip_of_zero_members(path, names, size):
+    """A zip whose members are `size` zero bytes each, deflated once and stored
+    len(names) times (building it with zipfile would deflate each copy)."""
+    data, crc = deflated_zeros(size)
+    date, local, central = 0x21, bytearray(), bytearray()
+    for name in names:
+        encoded, offset = name.encode(), len(local)
+        local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, date, crc, len(data), size,
+                             len(encoded), 0) + encoded + data
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, date, crc, len(data), size,
+                               len(encoded), 0, 0, 0, 0, 0, offset) + encoded
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(names), len(names), len(central), len(local), 0)
+    path.write_bytes(bytes(local + central + end))
+    return path
+
+
+@pytest.fixture
+def member_reads(monkeypatch) -> list:
+    """Every archive member read (zip or tar): a test's proof that nothing was."""
+    import tarfile
+    reads, zip_open, tar_extract = [], zipfile.ZipFile.open, tarfile.TarFile.extractfile
+
+    def zip_spy(self, member, mode="r", *args, **kwargs):
+        if mode == "r":  # writing a test archive opens its members too
+            reads.append(getattr(member, "filename", member))
+        return zip_open(self, member, mode, *args, **kwargs)
+
+    def tar_spy(self, member, *args, **kwargs):
+        reads.append(getattr(member, "name", member))
+        return tar_extract(self, member, *args, **kwargs)
+    monkeypatch.setattr(zipfile.ZipFile, "open", zip_spy)
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", tar_spy)
+    return reads
+
+
+@pytest.mark.parametrize("folder", ["train/cat", "junk"])
+def test_zip_bomb_is_refused_from_its_listing(tmp_path, folder, member_reads):
+    # 25 zero-filled 60 MB members: 1.5 GB inflated from a 1.5 MB file.
+    path = zip_of_zero_members(tmp_path / "bomb.zip", [f"{folder}/{i}.png" for i in range(25)], 60 << 20)
+    assert path.stat().st_size < 2_000_000
+    message = load_error(path)
+    assert "more than 1,024 MB of files uncompressed" in message and str(path) in message
+    assert member_reads == []
+
+
+def test_too_many_members_are_refused_from_the_listing(tmp_path, monkeypatch, member_reads):
+    monkeypatch.setattr(data_files, "MAX_MEMBERS", 50)
+    path = zip_of_zero_members(tmp_path / "many.zip", [f"train/cat/{i}.png" for i in range(51)], 10)
+    assert "more than 50 files" in load_error(path)
+    assert member_reads == []
+
+
+def test_tar_gz_listing_stops_at_the_size_cap(tmp_path, monkeypatch, member_reads):
+    monkeypatch.setattr(data_files, "MAX_TOTAL_BYTES", 1 << 20)
+    files = {f"train/cat/{i}.png": bytes(300_000) for i in range(5)}
+    message = load_error(write_archive(tmp_path / "big.tar.gz", files))
+    assert "more than 1 MB of files uncompressed" in message
+    assert member_reads == []
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_layout_is_checked_before_any_image_is_read(tmp_path, kind, member_reads):
+    files = {name: data for name, data in class_folder_files().items() if not name.startswith("test/dog/")}
+    message = load_error(write_archive(tmp_path / f"no-test-dog.{kind}", files))
+    assert "missing class folder(s) dog" in message
+    assert member_reads == [], "train/ was not decoded before test/ was found incomplete"
+    assert_cifar_shaped(load_cifar10(write_archive(tmp_path / f"whole.{kind}", class_folder_files())))

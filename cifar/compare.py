@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cifar import CLASS_NAMES, NUM_CLASSES, artifacts
+from cifar import CLASS_NAMES, artifacts
 from cifar.errors import CifarError
 
 PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]

@@ -157,7 +157,7 @@ def _needs_backend(args) -> bool:
     """Whether the command imports Keras at once (predict does, but only after decoding)."""
     return (args.command in ("models", "train", "resume")
             or (args.command == "evaluate" and bool(args.recompute))
-            or (args.command == "data" and args.source == "keras")
+            or (args.command == "data" and getattr(args, "source", None) == "keras")
             or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
 
 

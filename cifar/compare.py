@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cifar import CLASS_NAMES, NUM_CLASSES
+from cifar import CLASS_NAMES, artifacts
 from cifar.errors import CifarError
 
 PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
@@ -194,6 +194,13 @@ def pair_row(aligned: Aligned, a: str, b: str, resamples: int = RESAMPLES, seed=
     return {"A": a, "B": b, "images": n, "accuracy_a": ca.mean() if n else np.nan,
             "accuracy_b": cb.mean() if n else np.nan, "difference": (ca.mean() - cb.mean()) if n else np.nan,
             "ci_low": low, "ci_high": high, **test}
+
+
+def reversed_pair(row: dict) -> dict:
+    """A pair_row read the other way round (B against A): same test, same interval."""
+    return {**row, "A": row["B"], "B": row["A"], "accuracy_a": row["accuracy_b"], "accuracy_b": row["accuracy_a"],
+            "difference": -row["difference"], "ci_low": -row["ci_high"], "ci_high": -row["ci_low"],
+            "a_only": row["b_only"], "b_only": row["a_only"]}
 
 
 def pairwise(aligned: Aligned, resamples: int = RESAMPLES, seed=SEED) -> pd.DataFrame:
@@ -353,10 +360,17 @@ def calibration(aligned: Aligned, validation: dict[str, pd.DataFrame | None],
     return pd.DataFrame(rows)
 
 
-def reliability(aligned: Aligned, bins: int = BINS) -> pd.DataFrame:
-    """Every run's reliability table, stacked with a run column (for one overlaid diagram)."""
-    return pd.concat([reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name)
-                      for k, name in enumerate(aligned.names)], ignore_index=True)
+def reliability(aligned: Aligned, temperatures: dict[str, float] | None = None, bins: int = BINS) -> pd.DataFrame:
+    """Every run's reliability table, stacked with `run` and `scaled` columns (for
+    one overlaid diagram); a run given a temperature also appears after it."""
+    tables = []
+    for k, name in enumerate(aligned.names):
+        tables.append(reliability_table(aligned.probabilities[k], aligned.truth, bins).assign(run=name, scaled=False))
+        temperature = (temperatures or {}).get(name)
+        if temperature is not None and np.isfinite(temperature):
+            scaled = with_temperature(aligned.probabilities[k], temperature)
+            tables.append(reliability_table(scaled, aligned.truth, bins).assign(run=name, scaled=True))
+    return pd.concat(tables, ignore_index=True)
 
 
 # ---------------------------------------------------------------- where do they differ?
@@ -465,13 +479,13 @@ class LoadedRun:
 
 def short_names(run_ids: list[str], metadata: dict[str, dict]) -> dict[str, str]:
     """Run id -> its model name, or model-suffix where two runs share a model."""
-    models = {r: metadata[r].get("model") or r.split("-")[1] for r in run_ids}
-    return {r: m if list(models.values()).count(m) == 1 else f"{m}-{r[-4:]}" for r, m in models.items()}
+    parts = {r: artifacts.parse_run_id(r) for r in run_ids}
+    models = {r: metadata[r].get("model") or parts[r].model for r in run_ids}
+    return {r: m if list(models.values()).count(m) == 1 else f"{m}-{parts[r].suffix}" for r, m in models.items()}
 
 
 def load_runs(run_ids: list[str]) -> dict[str, LoadedRun]:
     """What a comparison reads of each run (RunError for a bad or missing id)."""
-    from cifar import artifacts
     if len(set(run_ids)) != len(run_ids):
         raise PairingError("the same run is named twice; give two or more different run ids")
     loaded = {}

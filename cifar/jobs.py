@@ -11,13 +11,14 @@ same jobs:
     queued -> running -> succeeded | failed | cancelled | lost
                   lost | failed -> (resume) -> queued, as a new attempt
 
-Pages talk to a `JobBackend` (submit, get, list_jobs, cancel, logs, resume)
-and never learn how a job runs. `LocalProcessBackend` (cifar/jobs_local.py)
-runs jobs on this machine; a Ray Jobs backend can implement the same six methods with
-`JobSubmissionClient.submit_job(entrypoint=...)`, `get_job_status`,
-`stop_job` and `get_job_logs`, with `training_command(job)` as the entrypoint.
-
-How the local backend works: see `cifar/jobs_local.py`.
+Pages talk to a `JobBackend` (submit, get, list_jobs, cancel, logs, resume,
+capacity) and never learn how a job runs; $CIFAR_JOBS_BACKEND picks one
+(`get_backend`). `LocalProcessBackend` (cifar/jobs_local.py, the default)
+runs jobs on this machine, `max_concurrent` at a time; `RayJobsBackend`
+(cifar/jobs_ray.py) hands each attempt to a Ray cluster's job server, with
+`training_command(job)` as the entrypoint and the job's `Resources` (CPUs,
+GPUs) reserved, so jobs run side by side up to the cluster's capacity.
+`submit_seeds` queues one job per seed (a seed sweep) on either.
 """
 
 from __future__ import annotations
@@ -149,11 +150,16 @@ def _duration(seconds: float) -> str:
 class JobBackend(abc.ABC):
     """Where jobs run. Pages and the CLI use only these methods."""
 
+    name = "local"  # what the Retrain page and `jobs list` call this backend
+
     @abc.abstractmethod
-    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
+    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
+               resources: Resources | None = None) -> Job:
         """Queue a training: `model` with `overrides` of its recipe (RunConfig field
         names; None means the recipe's), resolved now by `prepare_request`. An
-        identical queued or running request returns that job with `reused=True`."""
+        identical queued or running request returns that job with `reused=True`.
+        `resources` is what the job reserves where the backend schedules by
+        resources (Ray)."""
 
     @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...
@@ -172,14 +178,120 @@ class JobBackend(abc.ABC):
     def resume(self, job_id: int) -> Job:
         """Queue a lost or failed job again; it continues from its last completed epoch."""
 
+    def capacity(self) -> Capacity:
+        """Where jobs run and how many at once (this machine's default; Ray asks its cluster)."""
+        slots = self.settings.max_concurrent
+        return Capacity(backend=self.name, where="this machine",
+                        summary=f"Jobs run on this machine, {slots} at a time "
+                                f"($CIFAR_JOBS_MAX_CONCURRENT); the others wait their turn.")
+
+
+BACKENDS = ("local", "ray")
+
 
 def get_backend() -> JobBackend:
-    """The backend named by $CIFAR_JOBS_BACKEND (only "local" so far)."""
-    name = os.environ.get("CIFAR_JOBS_BACKEND", "local")
-    if name != "local":
-        raise CifarError(f"unknown jobs backend '{name}' ($CIFAR_JOBS_BACKEND); known: local")
-    from cifar.jobs_local import LocalProcessBackend
-    return LocalProcessBackend()
+    """The backend named by $CIFAR_JOBS_BACKEND: "local" (the default) or "ray"
+    (a Ray cluster's job server at $RAY_ADDRESS; see cifar/jobs_ray.py)."""
+    name = (os.environ.get("CIFAR_JOBS_BACKEND") or "local").strip().lower()
+    if name == "local":
+        from cifar.jobs_local import LocalProcessBackend
+        return LocalProcessBackend()
+    if name == "ray":
+        from cifar.jobs_ray import RayJobsBackend
+        return RayJobsBackend()
+    raise CifarError(f"unknown jobs backend '{name}' ($CIFAR_JOBS_BACKEND); known: {', '.join(BACKENDS)}")
+
+
+# ---------------------------------------------------------------- resources, capacity, seed sweeps
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job reserves. Ray starts a job once a node has these free, so jobs
+    run side by side up to the cluster's capacity; the local backend ignores them
+    and runs `max_concurrent` jobs at a time instead."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        for name in ("cpus", "gpus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e6:
+                raise CifarError(f"{name} must be a number >= 0 (got {value!r})")
+        if self.cpus == 0 and self.gpus == 0:
+            raise CifarError("a job must reserve at least some CPUs or GPUs (cpus and gpus are both 0), "
+                             "or nothing would limit how many run at once")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Where jobs run, for the Retrain page: one line for people, and the
+    cluster's free and total CPUs/GPUs when the backend has a cluster."""
+
+    backend: str
+    where: str
+    summary: str
+    free_cpus: float | None = None
+    total_cpus: float | None = None
+    free_gpus: float | None = None
+    total_gpus: float | None = None
+    error: str | None = None  # the cluster could not be reached or read
+
+
+MAX_SEEDS = 100  # a typo such as 0-10000 should not queue ten thousand jobs
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,2,5' -> [0, 2, 5]; both forms mix ('0-2,7')."""
+    seeds: list[int] = []
+    for part in str(text).replace(" ", "").split(","):
+        low, dash, high = part.partition("-")
+        try:
+            first, last = int(low), int(high if dash else low)
+        except ValueError:
+            raise CifarError(f"seeds must look like 0-4 or 0,2,5 (got '{text}')") from None
+        if first < 0 or last < first:
+            raise CifarError(f"seeds must be whole numbers >= 0, ranges low-high (got '{part}')")
+        seeds += [s for s in range(first, last + 1) if s not in seeds]
+        if len(seeds) > MAX_SEEDS:
+            raise CifarError(f"at most {MAX_SEEDS} seeds in one sweep (got '{text}')")
+    return seeds
+
+
+def submit_seeds(backend: JobBackend, model: str, overrides: dict | None, seeds: list[int],
+                 submitted_by: str = "", resources: Resources | None = None) -> list[Job]:
+    """One job per seed, same settings otherwise (a seed sweep, for bench.seed_spread)."""
+    if (overrides or {}).get("seed") is not None:
+        raise CifarError("give either one seed or a list of seeds, not both")
+    return [backend.submit(model, {**(overrides or {}), "seed": seed}, submitted_by=submitted_by,
+                           resources=resources) for seed in seeds]
+
+
+def model_choices() -> dict[str, str]:
+    """Registry names and their one-line summaries, read from cifar/models.py's
+    `@register(...)` lines without importing it: the registry imports keras, and
+    a page that only lists names should not pay for TensorFlow."""
+    import ast
+    tree = ast.parse((Path(__file__).parent / "models.py").read_text())
+    choices = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("build_")):
+            continue
+        for decorator in node.decorator_list:
+            if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "register":
+                choices[node.name.removeprefix("build_")] = _summary_of(decorator)
+    return choices
+
+
+def _summary_of(call) -> str:
+    """`@register("summary", ...)`'s first argument (or its `summary=` keyword)."""
+    import ast
+    if call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        return call.args[0].value
+    for keyword in call.keywords:
+        if keyword.arg == "summary" and isinstance(keyword.value, ast.Constant):
+            return keyword.value.value
+    return ""
 
 
 # ---------------------------------------------------------------- requests
@@ -211,10 +323,14 @@ def training_command(job: Job) -> list[str]:
 
 
 def data_source_choices() -> list[str]:
-    """Data sources of earlier runs, newest first, then "keras" (the download)."""
+    """Data sources of earlier runs that exist on this machine, newest first,
+    then "keras" (the download). A run trained elsewhere records a path that
+    may not exist here, or only a file name or a relative path (which depends
+    on the folder the dashboard runs from): it is never offered."""
     seen = []
     for info in reversed(artifacts.list_runs()):
-        source = (info.metadata.get("config") or {}).get("data")
-        if source and source not in seen:
+        config = info.metadata.get("config")
+        source = config.get("data") if isinstance(config, dict) else None
+        if isinstance(source, str) and source not in seen and Path(source).is_absolute() and Path(source).exists():
             seen.append(source)
-    return seen + ([] if "keras" in seen else ["keras"])
+    return seen + ["keras"]

@@ -13,6 +13,8 @@ import time
 
 JOBS_EXAMPLES = """examples:
   python -m cifar jobs submit cnn_baseline --data ~/data/cifar10-jpeg.tar.gz --epochs 5
+  python -m cifar jobs submit fast_cnn --seeds 0-4   # a seed sweep: one job per seed
+  CIFAR_JOBS_BACKEND=ray RAY_ADDRESS=http://127.0.0.1:8265 python -m cifar jobs submit fast_cnn --gpus 1
   python -m cifar jobs list
   python -m cifar jobs logs 3 --follow
   python -m cifar jobs cancel 3
@@ -35,6 +37,13 @@ def add_jobs_parser(subparsers) -> None:
     submit.add_argument("model", help="a registry name (see: python -m cifar models)")
     submit.add_argument("--wait", action="store_true",
                         help="block until the job ends; exit 0 only if it succeeded")
+    submit.add_argument("--seeds", metavar="LIST",
+                        help="queue one job per seed: a range (0-4) or a list (0,2,5); instead of --seed")
+    submit.add_argument("--cpus", type=_non_negative, default=1.0,
+                        help="CPUs each job reserves on a Ray cluster (default 1)")
+    submit.add_argument("--gpus", type=_non_negative, default=0.0,
+                        help="GPUs each job reserves on a Ray cluster (default 0); the local backend "
+                             "ignores both and runs $CIFAR_JOBS_MAX_CONCURRENT jobs at a time")
     add_config_flags(submit)
 
     cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
@@ -53,6 +62,16 @@ def add_jobs_parser(subparsers) -> None:
                         help="exit after this long with nothing queued or running (default: never)")
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 <= value < 1e6:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    return value
+
+
 def run_jobs_command(args) -> int:
     from cifar import jobs
     backend = jobs.get_backend()
@@ -68,9 +87,15 @@ def run_jobs_command(args) -> int:
         return 0
     if command == "submit":
         from cifar.config import config_overrides
-        job = backend.submit(args.model, config_overrides(args), submitted_by=_whoami())
-        print(f"{'already queued as' if job.reused else 'queued'} job {job.id} (run {job.run_id})")
-        return _wait(backend, job.id) if args.wait else 0
+        overrides, resources = config_overrides(args), jobs.Resources(cpus=args.cpus, gpus=args.gpus)
+        if args.seeds is not None:
+            submitted = jobs.submit_seeds(backend, args.model, overrides, jobs.parse_seeds(args.seeds),
+                                          submitted_by=_whoami(), resources=resources)
+        else:
+            submitted = [backend.submit(args.model, overrides, submitted_by=_whoami(), resources=resources)]
+        for job in submitted:
+            print(f"{'already queued as' if job.reused else 'queued'} job {job.id} (run {job.run_id})")
+        return max(_wait(backend, job.id) for job in submitted) if args.wait else 0
     if command == "cancel":
         job = backend.cancel(args.job_id, wait=backend.settings.cancel_grace + 5)
         print(_line(job))
@@ -84,6 +109,8 @@ def run_jobs_command(args) -> int:
         print(_line(backend.resume(args.job_id)))
         return 0
     if command == "worker":
+        if not hasattr(backend, "run_worker"):
+            raise jobs.JobError(f"the {backend.name} backend needs no worker here: its cluster starts the jobs")
         print(f"worker started (at most {backend.settings.max_concurrent} training(s) at once)", flush=True)
         backend.run_worker(idle_exit=args.idle_exit)
         return 0

@@ -204,7 +204,9 @@ class LocalProcessBackend(JobBackend):
 
     # ------------------------------------------------------------ the interface
 
-    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "") -> Job:
+    def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
+               resources=None) -> Job:
+        # `resources` is for backends that schedule by them (Ray); here max_concurrent limits.
         config, key = prepare_request(model, overrides)
         now = time.time()
         with self._transaction() as con:

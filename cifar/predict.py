@@ -8,7 +8,7 @@ model. It treats every file as hostile:
   end), and at most `max_bytes` of them are read.
 - Only JPEG, PNG, WebP, BMP and GIF are decoded, judged by what Pillow
   detects in the bytes, never by the file name; no other decoder is tried.
-- The pixel budget is checked from the header, before any pixel is
+- The decoding budget is checked from the header, before any pixel is
   decoded (Pillow opens lazily), so a small "decompression bomb" costs
   nothing. JPEGs are decoded at reduced scale (Pillow's draft mode, 1/2 to
   1/8) to near 4x the 32-pixel target, so a 48-megapixel phone photo is
@@ -28,9 +28,10 @@ as 32-bit floats). Why 128 MB: the largest image a user plausibly uploads
 that is not a JPEG is a 24-megapixel camera photo saved as PNG (6000x4000
 RGB: 96 MB) or a 12-megapixel phone photo with transparency (RGBA: 97 MB);
 JPEG photos of any camera fit once draft-decoded (a 48-megapixel one costs
-3 MB). A shared server thus spends at most about 128 MB and well under a
-second on one image, then shrinks it to 128 pixels a side before any colour
-conversion. One upload (`decode_upload`, the dashboard) has a budget too:
+3 MB). A shared server thus spends at most about 128 MB on one image (one
+more full-size copy if its EXIF says to rotate it; phone photos are JPEGs,
+decoded small), and shrinks it to 128 pixels a side before any colour
+conversion; a 12-megapixel PNG took 0.2-2 s on a busy 2-core machine. One upload (`decode_upload`, the dashboard) has a budget too:
 at most MAX_UPLOAD_FILES files and MAX_UPLOAD_DECODE_BYTES of decoding in
 all, one image after another. docs/BENCHMARKS.md has measured costs.
 

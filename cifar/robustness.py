@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cifar import NUM_CLASSES, artifacts, run_schema
+from cifar import NUM_CLASSES, artifacts
 from cifar.corruptions import CORRUPTIONS, SEVERITIES, STAND_INS, corrupt, title
 from cifar.errors import CifarError, RunError
 
@@ -34,11 +34,6 @@ REFERENCE_MODEL = "cnn_baseline"
 CLEAN = "clean"
 Z_95 = 1.959963984540054
 
-# Checked whenever a run has the table (docs/ARTIFACTS.md); runs without it stay readable.
-run_schema.register_table(run_schema.TableSchema(
-    TABLE, {"corruption": "str", "severity": "int", "n_images": "int", "n_correct": "int",
-            "accuracy": "number", "ci_low": "number", "ci_high": "number"},
-    {"seconds": "number", "seed": "int", "data_fingerprint": "str"}, required=False))
 
 
 # ---------------------------------------------------------------- statistics

@@ -12,6 +12,7 @@ from cifar import CLASS_NAMES, artifacts, compare as c, dashboard as d
 from pages import _charts, _common
 
 SHOWN = 24  # images per page of the grid
+RIGHT, WRONG = ":green[:material/check_circle:]", ":red[:material/cancel:]"
 POINTS = st.column_config.NumberColumn(format="%+.1f")
 SHARE = st.column_config.NumberColumn(format="percent")
 P_VALUE = st.column_config.NumberColumn(format="%.2g")
@@ -39,7 +40,7 @@ def image_cards(container, rows: pd.DataFrame, aligned: c.Aligned, images: dict[
             else:
                 picture.image(d.enlarge_png(png), width="stretch")
             heading = f"**#{row.index}** · true class **{row.true_class}**" + (f" · {extra(row)}" if extra else "")
-            lines = [f"{'✅' if line['correct'] else '❌'} {line['run']}: {line['text']}"
+            lines = [f"{RIGHT if line['correct'] else WRONG} {line['run']}: {line['text']}"
                      for line in c.top_k_lines(aligned, row.position)]
             text.markdown("  \n".join([heading, *lines]))
 
@@ -48,20 +49,23 @@ def reliability_figure(table: pd.DataFrame, colours: dict[str, str]) -> go.Figur
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="Perfectly calibrated",
                              line=dict(color="#a1a1aa", dash="dash")), row=1, col=1)
-    for run, group in table.groupby("run", sort=False):
-        shown = group[group["count"] > 0]
-        fig.add_trace(go.Scatter(x=shown.confidence, y=shown.accuracy, mode="lines+markers", name=run,
-                                 line=dict(color=colours[run]), customdata=shown["count"],
+    for (run, scaled), group in table.groupby(["run", "scaled"], sort=False):
+        shown, name = group[group["count"] > 0], f"{run} after temperature scaling" if scaled else run
+        fig.add_trace(go.Scatter(x=shown.confidence, y=shown.accuracy, mode="lines+markers", name=name,
+                                 line=dict(color=colours[run], dash="dot" if scaled else "solid"),
+                                 customdata=shown["count"],
                                  hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>"
-                                               "%{customdata:,} images<extra>" + run + "</extra>"),
+                                               "%{customdata:,} images<extra>" + name + "</extra>"),
                       row=1, col=1)
+        if scaled:
+            continue  # the counts below are the test images as the run scored them
         fig.add_trace(go.Bar(x=(group.lower + group.upper) / 2, y=group["count"], name=run, showlegend=False,
                              marker_color=colours[run], width=1 / c.BINS / (len(colours) + 0.5),
                              hovertemplate="%{y:,} images<extra>" + run + "</extra>"), row=2, col=1)
     fig.update_layout(title="Reliability: accuracy against confidence", barmode="group", height=560,
                       margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.12, x=0))
     fig.update_yaxes(title_text="Accuracy", range=[0, 1], row=1, col=1)
-    fig.update_yaxes(title_text="Images", type="log", row=2, col=1)
+    fig.update_yaxes(title_text="Images", type="log", dtick=1, row=2, col=1)
     fig.update_xaxes(title_text="Confidence (top class's probability), 15 bins", range=[0, 1], row=2, col=1)
     return fig
 
@@ -85,10 +89,10 @@ pick_a, pick_b = st.columns(2)
 run_a = pick_a.selectbox("Run A", kept, key="run_a")
 run_b = pick_b.selectbox("Run B", [label for label in kept if label != run_a], key="run_b")
 pairs = c.pairwise(aligned)
-pair = pairs[((pairs.A == run_a) & (pairs.B == run_b)) | ((pairs.A == run_b) & (pairs.B == run_a))].iloc[0]
-if pair.A != run_a:  # the family's row for this pair, turned to read A against B
-    pair = {**c.pair_row(aligned, run_a, run_b), "p_holm": pair.p_holm}
-st.markdown(f"#### {c.headline(dict(pair))}")
+pair = pairs[((pairs.A == run_a) & (pairs.B == run_b)) | ((pairs.A == run_b) & (pairs.B == run_a))].iloc[0].to_dict()
+if pair["A"] != run_a:  # the family's row for this pair, read A against B
+    pair = c.reversed_pair(pair)
+st.markdown(f"#### {c.headline(pair)}")
 
 difference_tab, calibration_tab, explorer_tab, doubts_tab = st.tabs(
     ["Is the difference real?", "Calibration", "Where they differ", "Label doubts"],
@@ -97,17 +101,18 @@ difference_tab, calibration_tab, explorer_tab, doubts_tab = st.tabs(
 if difference_tab.open:
     n = len(aligned.truth)
     first, second, third = difference_tab.columns(3)
-    for cell, label, accuracy in ((first, run_a, pair["accuracy_a"]), (second, run_b, pair["accuracy_b"])):
+    for cell, side, label, accuracy in ((first, "A", run_a, pair["accuracy_a"]),
+                                        (second, "B", run_b, pair["accuracy_b"])):
         low, high = c.accuracy_interval(round(accuracy * n), n)
-        cell.metric(f"Accuracy of {label}", pct(accuracy), help="95% Wilson interval below", border=True)
-        cell.caption(f"95% CI {pct(low)} to {pct(high)} ({n:,} test images)")
-    third.metric("A − B", f"{100 * pair['difference']:+.1f} points", border=True,
-                 help="Paired bootstrap over the test images, 2,000 resamples, seed 0")
-    third.caption(f"95% CI {100 * pair['ci_low']:+.1f} to {100 * pair['ci_high']:+.1f} points")
+        cell.metric(f"Accuracy of {side}", pct(accuracy), border=True)
+        cell.caption(f"{label}: 95% CI {pct(low)} to {pct(high)} (Wilson, {n:,} test images)")
+    third.metric("A − B", f"{100 * pair['difference']:+.1f} points", border=True)
+    third.caption(f"95% CI {100 * pair['ci_low']:+.1f} to {100 * pair['ci_high']:+.1f} points "
+                  "(paired bootstrap)")
 
     table_side, test_side = difference_tab.columns([2, 3])
-    table_side.dataframe(pd.DataFrame({f"B right": [pair["both_right"], pair["b_only"]],
-                                       f"B wrong": [pair["a_only"], pair["both_wrong"]]},
+    table_side.dataframe(pd.DataFrame({"B right": [pair["both_right"], pair["b_only"]],
+                                       "B wrong": [pair["a_only"], pair["both_wrong"]]},
                                       index=["A right", "A wrong"]))
     method = "exact binomial" if pair["exact"] else "chi-squared with continuity correction"
     family = (f" Holm-corrected over the {len(pairs)} pairs of the {len(kept)} runs: {c.p_text(pair['p_holm'])}."
@@ -142,7 +147,8 @@ if calibration_tab.open:
     scores = c.calibration(aligned, {label: validation(ids_by_label[label], on_disk) for label in kept},
                            {label: runs[label][0] for label in kept})
     colours = _charts.run_colours(kept)
-    calibration_tab.plotly_chart(reliability_figure(c.reliability(aligned), colours), width="stretch")
+    calibration_tab.plotly_chart(reliability_figure(
+        c.reliability(aligned, dict(zip(scores.run, scores.temperature))), colours), width="stretch")
     calibration_tab.dataframe(
         pd.DataFrame({"Run": scores.run, "ECE": scores.ece, "Classwise ECE": scores.classwise_ece,
                       "NLL": scores.nll, "Brier": scores.brier, "Temperature": scores.temperature,
@@ -162,30 +168,31 @@ if calibration_tab.open:
 
 if explorer_tab.open:
     counts = c.disagreement_counts(aligned, run_a, run_b)
-    titles = {c.DISAGREE: "The runs disagree", c.A_ONLY: f"A right, B wrong", c.B_ONLY: f"B right, A wrong",
+    titles = {c.DISAGREE: "The runs disagree", c.A_ONLY: "A right, B wrong", c.B_ONLY: "B right, A wrong",
               c.ALL_WRONG: "All runs wrong" if len(kept) > 2 else "Both wrong"}
     for cell, kind in zip(explorer_tab.columns(4), c.FILTERS):
         cell.metric(titles[kind], f"{counts[kind]:,}", border=True)
-    kind_side, class_side, confidence_side = explorer_tab.columns([3, 2, 2])
-    kind = kind_side.segmented_control("Show", c.FILTERS, format_func=titles.get, default=c.DISAGREE,
+    kind = explorer_tab.segmented_control("Show", c.FILTERS, format_func=titles.get, default=c.DISAGREE,
                                        required=True, key="explore")
+    class_side, confidence_side, picture_side = explorer_tab.columns([2, 2, 2], vertical_alignment="bottom")
     true_class = class_side.selectbox("True class", [None, *CLASS_NAMES], key="explore_class",
                                       format_func=lambda name: "All classes" if name is None else name)
     floor = confidence_side.slider("Wrong answer at least this sure", 0.0, 1.0, 0.0, 0.05, key="explore_floor",
                                    help="The highest probability a wrong run gives its wrong answer")
+    pictured_only = picture_side.toggle("Only images with a stored picture", value=True, key="explore_pictured",
+                                        help="Runs keep only a sample of their test images (up to 16 mistakes per "
+                                             "pair of classes and 6 correct per class); off, the others are listed "
+                                             "with their probabilities alone.")
     found = c.disagreements(aligned, run_a, run_b, kind, true_class, floor)
     images = c.image_lookup(_common.tables([ids_by_label[label] for label in kept], "gallery").values())
-    shown = found.head(SHOWN)
-    pictured = int(shown["index"].isin(images).sum())
-    explorer_tab.markdown(f"**{len(found):,} test images** match; the {len(shown)} with the surest wrong answer "
-                          f"are shown. A is {run_a}, B is {run_b}.")
-    if len(shown) > pictured:
-        explorer_tab.caption(f"{pictured} of these {len(shown)} have a picture: runs keep only a sample of their "
-                             "test images (up to 16 mistakes per pair of classes and 6 correct per class), so the "
-                             "others show their probabilities alone.")
+    with_picture = found[found["index"].isin(images)]
+    shown = (with_picture if pictured_only else found).head(SHOWN)
+    explorer_tab.markdown(f"**{len(found):,} test images** match, {len(with_picture):,} of them with a stored "
+                          f"picture; the {len(shown)} with the surest wrong answer are shown. "
+                          f"A is {run_a}, B is {run_b}.")
     image_cards(explorer_tab, shown, aligned, images,
                 extra=lambda row: "" if pd.isna(row.wrong_confidence) else
-                f"wrong answer {row.wrong_confidence:.0%} sure")
+                f"wrong answer {row.wrong_confidence:.1%} sure")
 
 if doubts_tab.open:
     threshold = doubts_tab.slider("Every run at least this sure of one other class", 0.5, 0.99,

@@ -1,8 +1,9 @@
 """Retrain: queue a training from the browser and watch it run.
 
-Everything happens in `cifar.jobs` and its backend `cifar.jobs_local` (the
-durable queue, one training at a time by default) and `cifar.auth` (who may
-submit, cancel and resume); this page renders the form and the job list,
+Everything happens in `cifar.jobs` and its backend (`cifar.jobs_local`: this
+machine, one training at a time by default; `cifar.jobs_ray`: a Ray cluster,
+as many as its CPUs/GPUs fit) and `cifar.auth` (who may submit, cancel and
+resume); this page renders the form, where jobs run, and the job list,
 which refreshes itself every few seconds.
 Every action checks rights on the server first; disabling a button is only
 a courtesy.
@@ -17,7 +18,6 @@ import streamlit as st
 from cifar import auth, jobs
 from cifar.config import PRECISIONS
 from cifar.errors import CifarError
-from cifar.models import REGISTRY
 from pages import _common
 
 REFRESH_SECONDS = 3
@@ -27,7 +27,6 @@ STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/direction
                 "succeeded": ":material/check_circle:", "failed": ":material/error:",
                 "cancelled": ":material/cancel:", "lost": ":material/help:"}
 
-backend = jobs.get_backend()
 policy = auth.current_policy()
 
 
@@ -49,8 +48,17 @@ def ago(timestamp: float | None) -> str:
 # ---------------------------------------------------------------- who may retrain
 
 _common.start_page("Retrain")
-st.caption("Queue a training on this machine. Jobs keep running when the browser closes; "
-           "a finished run appears on every page.")
+try:
+    backend = jobs.get_backend()
+except CifarError as exc:  # e.g. CIFAR_JOBS_BACKEND=ray without RAY_ADDRESS, or without ray installed
+    st.error(f"Retraining is unavailable: {exc}", icon=":material/cloud_off:")
+    st.stop()
+capacity = backend.capacity()
+st.caption("Queue a training. Jobs keep running when the browser closes; a finished run appears on every page.")
+if capacity.error:
+    st.error(capacity.error, icon=":material/cloud_off:")
+else:
+    st.info(capacity.summary, icon=":material/dns:")
 if policy.banner():
     st.warning(policy.banner(), icon=":material/lock_open:" if policy.mode == "open" else ":material/lock:")
 if policy.needs_login:
@@ -67,9 +75,10 @@ elif policy.needs_token:
 
 # ---------------------------------------------------------------- the form
 
+MODELS = jobs.model_choices()
 with st.form("retrain"):
-    model = st.selectbox("Model", list(REGISTRY), key="retrain_model",
-                         format_func=lambda name: f"{name}: {REGISTRY[name].summary}")
+    model = st.selectbox("Model", list(MODELS), key="retrain_model",
+                         format_func=lambda name: f"{name}: {MODELS[name]}")
     left, right = st.columns(2)
     epochs = left.number_input("Epochs", key="retrain_epochs", min_value=1, value=None, step=1,
                                placeholder="the recipe's")
@@ -83,25 +92,37 @@ with st.form("retrain"):
                                   step=100, placeholder="the recipe's",
                                   help="Held out of the training images. Empty: the recipe's (5,000; none "
                                        "for fast_cnn), or a tenth of a subset.")
-    seed = left.number_input("Seed", key="retrain_seed", min_value=0, value=0, step=1)
+    seeds = left.text_input("Seeds", key="retrain_seeds", value="0",
+                            help="One seed, or several to queue one job per seed: 0-4 or 0,2,5 "
+                                 "(compare them with python -m bench.seed_spread).")
     precision = right.selectbox("Precision", PRECISIONS, key="retrain_precision")
+    if backend.name == "ray":
+        cpus = left.number_input("CPUs per job", key="retrain_cpus", min_value=0.0, value=1.0, step=1.0,
+                                 help="Reserved on the cluster while the job runs; jobs run side by side "
+                                      "while their CPUs and GPUs fit.")
+        gpus = right.number_input("GPUs per job", key="retrain_gpus", min_value=0.0, value=0.0, step=1.0)
+    else:
+        cpus, gpus = 1.0, 0.0  # the local backend runs max_concurrent jobs at a time instead
     signed_out = policy.needs_login and not auth.current_user().get("is_logged_in")
     submitted = st.form_submit_button("Retrain", type="primary", disabled=signed_out)
 
 if submitted:
     overrides = {"data": data, "epochs": epochs, "limit_per_class": limit or None, "val_size": val_size,
-                 "seed": seed, "precision": precision}
+                 "precision": precision}
     try:
-        job = backend.submit(model, overrides, submitted_by=check_rights())
+        who = check_rights()
+        queued = jobs.submit_seeds(backend, model, overrides, jobs.parse_seeds(seeds), submitted_by=who,
+                                   resources=jobs.Resources(cpus=cpus, gpus=gpus))
     except auth.NotAllowed as exc:
         st.error(f"Not submitted: {exc}", icon=":material/lock:")
     except CifarError as exc:
         st.error(f"Not submitted: {exc}")
     else:
-        if job.reused:
-            st.info(f"The same training is already job {job.id} ({job.status}); no second job was queued.")
-        else:
-            st.success(f"Queued as job {job.id}.")
+        for job in queued:
+            if job.reused:
+                st.info(f"The same training is already job {job.id} ({job.status}); no second job was queued.")
+            else:
+                st.success(f"Queued as job {job.id}.")
 
 # ---------------------------------------------------------------- the jobs
 
@@ -123,6 +144,13 @@ def select_run(run_id: str) -> None:
     """Button callback: the new run goes first in the selection every page shares."""
     chosen = [r for r in st.session_state.get(_common.SELECTION_KEY, []) if r != run_id]
     st.session_state[_common.SELECTION_KEY] = [run_id, *chosen]
+
+
+def log_text(job: jobs.Job) -> str:
+    try:
+        return backend.logs(job.id, lines=40) or job.log_tail or "(no output yet)"
+    except CifarError as exc:  # e.g. the Ray cluster went away between two renders
+        return job.log_tail or f"(the log cannot be read now: {exc})"
 
 
 def show_job(job: jobs.Job) -> None:
@@ -147,21 +175,25 @@ def show_job(job: jobs.Job) -> None:
             if job.progress.get("updated_at"):
                 st.caption(f"last heartbeat {ago(job.heartbeat_at)}")
         elif job.status == "queued":
-            st.caption("waiting for a free training slot")
+            st.caption("waiting for free CPUs/GPUs on the cluster" if backend.name == "ray"
+                       else "waiting for a free training slot")
         elif job.progress and job.status != "cancelled":
             st.caption(job.describe_progress())
         if job.error and job.status in ("failed", "lost"):
             st.error(job.error)
         with st.expander("Log" if job.active else "Log tail", expanded=job.status in ("failed", "lost")):
-            st.code(backend.logs(job.id, lines=40) or job.log_tail or "(no output yet)", language=None,
-                    wrap_lines=True)
+            st.code(log_text(job), language=None, wrap_lines=True)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def job_list() -> None:
     if message := st.session_state.pop(MESSAGE_KEY, None):
         st.error(message, icon=":material/lock:" if "refused" in message else None)
-    found = backend.list_jobs(limit=20)
+    try:
+        found = backend.list_jobs(limit=20)
+    except CifarError as exc:  # e.g. the Ray cluster went away
+        st.error(f"Cannot list the jobs: {exc}", icon=":material/cloud_off:")
+        return
     st.subheader(f"Jobs ({sum(job.active for job in found)} queued or running)")
     if not found:
         st.info("No trainings yet. Fill in the form above and press **Retrain**.")

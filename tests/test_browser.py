@@ -123,6 +123,17 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
         shoot(page, shots, "confusion_mistakes")
 
+        go_to(page, "Compare")
+        expect(page.get_by_text("points of accuracy (95% CI").first).to_be_visible()
+        shoot(page, shots, "compare")
+        open_tab(page, "Calibration")
+        expect(page.get_by_role("tabpanel", name="Calibration").locator('[data-testid="stPlotlyChart"]')
+               .first).to_contain_text("Reliability")
+        shoot(page, shots, "compare_calibration")
+        open_tab(page, "Where they differ")
+        expect(page.locator('[data-testid="stImage"] img').first).to_be_visible()
+        shoot(page, shots, "compare_explorer")
+
         go_to(page, "Predict")
         page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([
             {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not an image"},
@@ -131,6 +142,8 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.get_by_role("heading", name="red.png")).to_be_visible()
         page.get_by_role("button", name="Draw a random test image").click()
         expect(page.get_by_role("heading", name="Random test image")).to_be_visible()
+        expect(page.get_by_text("Drawn from the whole test set of")).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # both images' predictions
         page.wait_for_function(PAGE_IDLE, timeout=60_000)
         shoot(page, shots, "predict")
 

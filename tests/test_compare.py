@@ -108,6 +108,11 @@ def test_pairwise_holm_and_headline():
     net = strong_weak["a_only"] - strong_weak["b_only"]
     assert c.headline(strong_weak).startswith(f"strong is right on {net:,} more of the 2,000 test images than weak")
     assert c.headline(pairs.iloc[2].to_dict()).startswith("No evidence of a difference between weak and twin")
+    swapped = c.pair_row(aligned, "weak", "strong")
+    reverse = c.reversed_pair(strong_weak)
+    assert {k: reverse[k] for k in swapped if k not in ("ci_low", "ci_high")} == pytest.approx(
+        {k: v for k, v in swapped.items() if k not in ("ci_low", "ci_high")})
+    assert (reverse["ci_low"], reverse["ci_high"]) == (-strong_weak["ci_high"], -strong_weak["ci_low"])
     matrix = c.pair_matrix(pairs, aligned.names, "difference")
     assert matrix.loc["weak", "strong"] == -matrix.loc["strong", "weak"]
 
@@ -254,11 +259,16 @@ def test_compare_command_prints_the_figures_and_refuses_bad_ids(three_runs, caps
 def test_validation_probabilities_are_an_optional_table(three_runs, tmp_path):
     run_id = three_runs[0]
     assert artifacts.read_optional_table(run_id, "val_predictions") is None  # an older run still reads
+    unlisted = artifacts.run_dir(three_runs[2]) / "val_predictions.parquet"
+    artifacts.read_table(three_runs[2], "predictions").to_parquet(unlisted)  # an addition cut short
+    assert artifacts.read_optional_table(three_runs[2], "val_predictions") is None
     rng = np.random.default_rng(5)
     truth = rng.integers(0, NUM_CLASSES, 300)
     table = fixture_predictions(truth, confident_rows(np.full(300, 0.95), truth))
     artifacts.add_optional_table(run_id, "val_predictions", table)
     pd.testing.assert_frame_equal(artifacts.read_optional_table(run_id, "val_predictions"), table)
+    with pytest.raises(RunError, match="does not match its schema"):
+        artifacts.add_optional_table(run_id, "val_predictions", table.drop(columns="prob_cat"))
     assert artifacts.verify_run(run_id) == [] and "val_predictions.parquet" in artifacts.read_json(
         artifacts.run_dir(run_id) / artifacts.MANIFEST_FILE)["files"]
     aligned = c.align({r: artifacts.read_table(r, "predictions") for r in three_runs[:2]})
@@ -288,7 +298,7 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         row.update(A=labels[a], B=labels[b])
         assert app.markdown[0].value == f"#### {c.headline(row)}"
         metrics = {m.label: m.value for m in app.metric}
-        assert metrics[f"Accuracy of {labels[a]}"] == f"{aligned.correct[0].mean():.1%}"
+        assert metrics["Accuracy of A"] == f"{aligned.correct[0].mean():.1%}"
         assert metrics["A − B"] == f"{100 * row['difference']:+.1f} points"
         holm = next(f.value for f in app.dataframe if labels[third] in f.value.columns and len(f.value) == 3)
         assert holm.loc[labels[a], labels[b]] == pytest.approx(row["p_holm"])
@@ -299,7 +309,12 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         counts = c.disagreement_counts(aligned, a, b)
         shown = [m.value for m in app.metric]
         assert shown == [f"{counts[k]:,}" for k in c.FILTERS]
-        assert any(m.value.startswith(f"**{counts[c.DISAGREE]:,} test images** match") for m in app.markdown)
+        galleries = pd.concat([artifacts.read_table(r, "gallery") for r in three_runs])
+        disagree = c.disagreements(aligned, a, b)
+        pictured = int(disagree["index"].isin(galleries["index"]).sum())
+        assert any(m.value.startswith(f"**{counts[c.DISAGREE]:,} test images** match, {pictured:,} of them with a "
+                                      "stored picture") for m in app.markdown)
+        assert len(app.image) == min(pictured, 24)
 
         app.session_state["compare_view"] = "Calibration"
         app.run()
@@ -308,3 +323,24 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         assert table.ECE.to_numpy() == pytest.approx(
             [c.expected_calibration_error(aligned.probabilities[k], aligned.truth) for k in range(3)])
         assert any("No temperature scaling" in i.value for i in app.info)
+
+        other = fixture_runs.make_run("cnn_baseline", seed=9, n_test=300, minutes_after_start=300).run_id
+        app.session_state["selected_runs"] = [a, other]
+        app.run()
+        assert not app.exception, app.exception
+        assert any("different numbers of test images (400 and 300)" in w.value for w in app.warning)
+        assert any("Choose two or more runs evaluated on the same test set" in i.value for i in app.info)
+
+
+def test_evaluation_keeps_the_validation_probabilities():
+    import keras
+
+    from cifar.evaluate import evaluate
+    model = keras.saving.load_model(fixture_runs.tiny_model_file(0))
+    x, y, *_ = datasets.tiny_arrays(per_class_train=3, per_class_test=2)
+    result = evaluate(model, x[:20], y[:20], x_val=x[20:], y_val=y[20:])
+    assert list(result.val_predictions.columns) == list(result.predictions.columns)
+    assert result.val_predictions.true_index.tolist() == y[20:].tolist()
+    assert result.val_predictions[c.PROB_COLUMNS].to_numpy() == pytest.approx(model.predict(x[20:], verbose=0),
+                                                                              abs=1e-6)
+    assert evaluate(model, x[:20], y[:20]).val_predictions is None

@@ -472,14 +472,15 @@ def model(model_file):
     return load_model_from_path(model_file)
 
 
-def make_run(model_file: Path, run_id: str = "20260101T000000Z-tiny_cnn-1a2b") -> str:
-    folder = artifacts.runs_dir() / run_id
-    folder.mkdir(parents=True)
-    for name in artifacts.REQUIRED_FILES:
-        (folder / name).write_bytes(b"")
-    artifacts.write_json_atomic(folder / artifacts.METADATA_FILE, {"schema_version": artifacts.SCHEMA_VERSION})
-    (folder / artifacts.MODEL_FILE).write_bytes(model_file.read_bytes())
-    return run_id
+def make_run(model_file: Path, seed: int = 0) -> str:
+    """A complete, published sample run (cifar.sample_runs) whose model file is `model_file`."""
+    from cifar import sample_runs
+    real = sample_runs.tiny_model_file
+    sample_runs.tiny_model_file = lambda *args: model_file
+    try:
+        return sample_runs.make_run("cnn_baseline", seed=seed).run_id
+    finally:
+        sample_runs.tiny_model_file = real
 
 
 def test_predict_top_k_orders_named_classes(model):

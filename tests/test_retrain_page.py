@@ -1,17 +1,22 @@
-"""The Retrain page (AppTest): the form, the refused states, and a real
-running job's live progress, behind the same runner the CLI uses."""
+"""The Retrain page (AppTest): the form, the refused states, a real
+running job's live progress behind the same runner the CLI uses, and the
+same page on a real local Ray head (tests/conftest.py's `ray_head`)."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from cifar import auth
+from cifar import auth, jobs
+from cifar import dashboard as d
 from cifar.config import PRECISIONS
 from cifar.models import REGISTRY
+from bench import seed_spread
 from tests import fixture_runs
 from tests.datasets import make_class_folders
-from tests.test_jobs import backend, data, no_worker, tiny, wait_for  # noqa: F401 - fixtures
+from tests.test_jobs import backend, data, job_seed, no_worker, tiny, wait_for  # noqa: F401 - fixtures
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
@@ -142,3 +147,79 @@ def test_the_page_only_renders():
     source = (Path(APP).parent / "pages" / "retrain.py").read_text()
     for banned in ("import keras", "from keras", "pathlib", "os.path", "open(", "sqlite3", "subprocess"):
         assert banned not in source, f"pages/retrain.py should ask cifar/ instead of using {banned}"
+
+
+# ---------------------------------------------------------------- where jobs run, seed sweeps
+
+def test_model_names_come_from_the_registry_without_keras():
+    assert jobs.model_choices() == {name: spec.summary for name, spec in REGISTRY.items()}
+    fresh = subprocess.run([sys.executable, "-c", "import sys, cifar.jobs; cifar.jobs.model_choices(); "
+                            "print('keras' in sys.modules, 'tensorflow' in sys.modules)"],
+                           capture_output=True, text=True, check=True, cwd=Path(APP).parent)
+    assert fresh.stdout.split() == ["False", "False"]
+
+
+def test_the_local_backend_says_where_jobs_run_and_seeds_queue_one_job_each(no_worker):
+    at = page()
+    assert "on this machine, 1 at a time" in texts(at.info)
+    assert not [n for n in at.number_input if n.key in ("retrain_cpus", "retrain_gpus")]  # Ray's only
+    at.text_input(key="retrain_seeds").input("0-2")
+    button(fill_form(at), "Retrain").click().run()
+    assert "Queued as job 3" in texts(at.success)
+    assert sorted(job_seed(j) for j in no_worker.list_jobs()) == [0, 1, 2]
+
+    at.text_input(key="retrain_seeds").input("a few")
+    button(at, "Retrain").click().run()
+    assert "0-4 or 0,2,5" in texts(at.error)
+    assert len(no_worker.list_jobs()) == 3
+
+
+def test_ray_misconfigured_or_unreachable_is_one_clear_message(monkeypatch):
+    monkeypatch.setenv("CIFAR_JOBS_BACKEND", "ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    at = page()
+    assert not at.exception and "needs RAY_ADDRESS" in texts(at.error)
+
+    pytest.importorskip("ray.job_submission", reason="ray is not installed (pip install -r requirements.txt)")
+    from tests.conftest import _free_port
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    at = page()
+    assert not at.exception and "unreachable" in texts(at.error)
+    assert at.selectbox(key="retrain_model")  # the form still shows; a submit says why it failed
+
+
+def test_a_sweep_submitted_on_the_page_runs_on_a_ray_head_and_appears_on_the_models_page(
+        ray_head, monkeypatch, tmp_path):
+    for name, value in {"CIFAR_JOBS_BACKEND": "ray", "RAY_ADDRESS": ray_head,
+                        "CIFAR_JOBS_HEARTBEAT_TIMEOUT": "30"}.items():
+        monkeypatch.setenv(name, value)
+    backend = jobs.get_backend()
+    data = str(make_class_folders(tmp_path / "data"))
+    # AppTest cannot type a new option into the data selectbox: offer the tiny set as a past run's source.
+    monkeypatch.setattr(jobs, "data_source_choices", lambda: [data, "keras"])
+    at = page()
+    assert f"Ray cluster at {ray_head}" in texts(at.info) and "of 2 CPUs" in texts(at.info)
+    assert at.number_input(key="retrain_cpus").value == 1.0 and at.number_input(key="retrain_gpus").value == 0
+
+    fill_form(at, data).number_input(key="retrain_cpus").set_value(64.0)  # more than the cluster has
+    button(at, "Retrain").click().run()
+    assert "Queued as job 1" in texts(at.success)
+    assert "waiting for free CPUs/GPUs on the cluster" in texts(at.caption)
+    at.button(key="cancel-1").click().run()
+    assert backend.get(1).status == "cancelled"
+
+    # Two seeds of one CPU each: they run side by side on the 2-CPU head.
+    fill_form(at, data).number_input(key="retrain_cpus").set_value(1.0)
+    at.text_input(key="retrain_seeds").input("0-1")
+    button(at, "Retrain").click().run()
+    assert "Queued as job 3" in texts(at.success)
+    done = [wait_for(lambda: (j := backend.get(job_id)).status not in jobs.ACTIVE and j, 150, f"job {job_id}")
+            for job_id in (2, 3)]
+    assert [j.status for j in done] == ["succeeded", "succeeded"], backend.logs(2)
+    assert list(seed_spread.seed_table([j.run_id for j in done]).seed) == [0, 1]
+
+    models = AppTest.from_file(APP, default_timeout=60)
+    models.run()
+    models.switch_page("pages/models.py").run()
+    table = next(f.value for f in models.dataframe if d.ACCURACY in f.value.columns)
+    assert table[table[d.SOURCE] == d.MEASURED_SOURCE][d.MODEL].tolist() == ["cnn_baseline", "cnn_baseline"]

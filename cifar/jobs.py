@@ -1,9 +1,12 @@
-"""Background training jobs: a durable queue that outlives the dashboard.
+"""Background jobs: a durable queue that outlives the dashboard.
 
-A job is one training run launched for someone. It stores the run's
-resolved config (`Job.config`, the RunConfig as JSON, settled when it was
-submitted: fine-tuning's donor run included), never a command line; a
-backend runs `python -m cifar` with `training_command(job)`. The local
+A job is one of two kinds (`Job.kind`). A "train" job is one training run
+launched for someone: it stores the run's resolved config (`Job.config`, the
+RunConfig as JSON, settled when it was submitted: fine-tuning's donor run
+included), never a command line. A "robustness" job evaluates an existing
+run under the CIFAR-10-C corruptions (`evaluate RUN --robustness`); it stores
+its small request in `Job.payload` (images, data source). A backend runs
+`python -m cifar` with `job_command(job)`, built here only. The local
 backend records jobs in SQLite under `artifacts.jobs_dir()` so every
 dashboard session, the CLI and a restarted Streamlit process all see the
 same jobs:
@@ -16,9 +19,13 @@ capacity) and never learn how a job runs; $CIFAR_JOBS_BACKEND picks one
 (`get_backend`). `LocalProcessBackend` (cifar/jobs_local.py, the default)
 runs jobs on this machine, `max_concurrent` at a time; `RayJobsBackend`
 (cifar/jobs_ray.py) hands each attempt to a Ray cluster's job server, with
-`training_command(job)` as the entrypoint and the job's `Resources` (CPUs,
+`job_command(job)` as the entrypoint and the job's `Resources` (CPUs,
 GPUs) reserved, so jobs run side by side up to the cluster's capacity.
 `submit_seeds` queues one job per seed (a seed sweep) on either.
+
+Outcomes (`result_in_place`): a training succeeds when its run is published;
+an evaluation when its command exits 0 and the run holds its robustness
+table. Cancelling an evaluation stops it and never touches the run.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +44,10 @@ from cifar.config import RunConfig
 from cifar.errors import CifarError
 
 ACTIVE = ("queued", "running")
+KINDS = ("train", "robustness")
+WHAT = {"train": "training", "robustness": "robustness evaluation"}  # a kind, in words
+ROBUSTNESS_TABLE = "robustness"  # cifar.robustness.TABLE; that module imports scipy, this one must not
+DEFAULT_ROBUSTNESS_IMAGES = 1000  # `evaluate --robustness`'s default (cifar.robustness.DEFAULT_IMAGES)
 
 
 class JobError(CifarError):
@@ -101,10 +113,19 @@ class Job:
     pgid: int | None = None  # the attempt's process group (local backend)
     progress: dict = field(default_factory=dict)  # live progress.json, or its last snapshot
     reused: bool = False  # submit returned an earlier identical job instead of a new one
+    kind: str = "train"  # one of KINDS
+    payload: dict = field(default_factory=dict)  # a robustness job's request: images, data
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE
+
+    @property
+    def title(self) -> str:
+        """What the job does, in a few words, for lists."""
+        if self.kind == "robustness":
+            return f"robustness of {self.model} on {self.payload.get('images', '?'):,} images"
+        return f"training {self.model}"
 
     @property
     def heartbeat_at(self) -> float | None:
@@ -112,7 +133,13 @@ class Job:
 
     @property
     def fraction_done(self) -> float:
-        """0..1 over all epochs, counting the current epoch's batches."""
+        """0..1 over all epochs, counting the current epoch's batches (an
+        evaluation: over its conditions, each corruption at each severity)."""
+        if self.kind == "robustness":
+            if self.status == "succeeded":
+                return 1.0
+            steps = self.progress.get("steps") or 0
+            return min(1.0, (self.progress.get("step") or 0) / steps) if steps else 0.0
         epochs = self.progress.get("epochs") or 0
         if self.status == "succeeded" or self.progress.get("status") == "completed":
             return 1.0
@@ -125,6 +152,8 @@ class Job:
     def describe_progress(self) -> str:
         """One line: epoch, batch, latest metrics, ETA ('' for a job that never trained)."""
         p, running = self.progress, self.status == "running"
+        if self.kind == "robustness":
+            return self._describe_evaluation()
         if not p:
             return "starting: loading TensorFlow and the data" if running else ""
         if running and p.get("status") in ("evaluating", "completed"):
@@ -137,6 +166,17 @@ class Job:
         if running and p.get("eta_seconds") is not None:
             parts.append(f"ETA {_duration(p['eta_seconds'])}")
         return " · ".join(parts)
+
+    def _describe_evaluation(self) -> str:
+        p = self.progress
+        if self.status == "succeeded" and "mean_corruption_accuracy" in p:
+            return (f"clean accuracy {p['clean_accuracy']:.4f} · mean corruption accuracy "
+                    f"{p['mean_corruption_accuracy']:.4f} on {p['images']:,} images")
+        if self.status != "running":
+            return ""
+        if not p.get("step"):
+            return "starting: loading the model and the test images"
+        return f"condition {p['step']}/{p['steps']} (each corruption at each severity)"
 
 
 def _duration(seconds: float) -> str:
@@ -162,6 +202,13 @@ class JobBackend(abc.ABC):
         resources (Ray)."""
 
     @abc.abstractmethod
+    def submit_robustness(self, run_id: str, images: int = DEFAULT_ROBUSTNESS_IMAGES, data: str | None = None,
+                          submitted_by: str = "", resources: Resources | None = None) -> Job:
+        """Queue `evaluate RUN --robustness --images N [--data PATH]` for a published run,
+        checked now by `prepare_robustness`. An identical queued or running request
+        returns that job with `reused=True`; another one for the same run is refused."""
+
+    @abc.abstractmethod
     def get(self, job_id: int) -> Job: ...
 
     @abc.abstractmethod
@@ -176,7 +223,8 @@ class JobBackend(abc.ABC):
 
     @abc.abstractmethod
     def resume(self, job_id: int) -> Job:
-        """Queue a lost or failed job again; it continues from its last completed epoch."""
+        """Queue a lost or failed job again; a training continues from its last completed
+        epoch, an evaluation starts over (it keeps nothing until it is done)."""
 
     def capacity(self) -> Capacity:
         """Where jobs run and how many at once (this machine's default; Ray asks its cluster)."""
@@ -311,15 +359,96 @@ def prepare_request(model: str, overrides: dict | None) -> tuple[RunConfig, str]
     return config, key
 
 
-def training_command(job: Job) -> list[str]:
-    """The arguments after `python -m cifar` that run the job's next attempt: its
-    first trains from the stored config; a later one resumes from the run's last
-    checkpoint when there is one (else it starts over, from the same config)."""
+def prepare_robustness(run_id: str, images: int, data: str | None) -> tuple[dict, str, str]:
+    """Check a robustness request now; return (its payload, the run's model, a key
+    for dedupe). The data source, given or the run's recorded one, must exist on
+    this machine (a given one becomes absolute: the job runs in another folder)."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise CifarError(f"--images must be a whole number of at least 1 (got {images!r})")
+    info = artifacts.get_run(run_id)
+    if data:
+        if not Path(data).exists():
+            raise CifarError(f"data source '{data}' does not exist on this machine")
+        data = str(Path(data).resolve()) if data != "keras" else data
+    else:
+        recorded = (info.metadata.get("data") or {}).get("source") or \
+            (info.metadata.get("config") or {}).get("data")
+        if not recorded:
+            raise CifarError(f"run {run_id} records no data source; give one (--data PATH)")
+        if recorded != "keras" and not Path(recorded).exists():
+            raise CifarError(f"run {run_id} was trained on '{recorded}', which is not on this machine; "
+                             f"give a copy of CIFAR-10 (--data PATH)")
+    payload = {"images": images, **({"data": data} if data else {})}
+    key = hashlib.sha256(json.dumps({"kind": "robustness", "run_id": run_id, **payload},
+                                    sort_keys=True).encode()).hexdigest()
+    return payload, str(info.metadata.get("model") or artifacts.parse_run_id(run_id)[1]), key
+
+
+def job_command(job: Job) -> list[str]:
+    """The arguments after `python -m cifar` that run the job's next attempt.
+
+    An evaluation runs `evaluate RUN --robustness` with its payload, every
+    attempt alike. A training's first attempt trains from the stored config; a
+    later one resumes from the run's last checkpoint when there is one (else
+    it starts over, from the same config)."""
+    if job.kind == "robustness":
+        data = ["--data", job.payload["data"]] if job.payload.get("data") else []
+        return ["evaluate", job.run_id, "--robustness", "--images", str(int(job.payload["images"])), *data]
+    if job.kind != "train":
+        raise JobError(f"job {job.id} is of an unknown kind '{job.kind}' (queued by a newer version?)")
     if job.attempt > 0 and artifacts.work_dir(job.run_id).exists():
         return ["resume", job.run_id, "--quiet"]
     if not job.config:
         raise JobError(f"job {job.id} has no stored config (queued by an older version); submit it again")
     return ["train", "--config", json.dumps(job.config, sort_keys=True), "--run-id", job.run_id, "--quiet"]
+
+
+# ---------------------------------------------------------------- outcomes and progress
+
+def result_in_place(kind: str, run_id: str) -> bool:
+    """Whether a job's result exists: a training's published run; an evaluation's
+    robustness table in its run (checked against the run's manifest)."""
+    if kind != "robustness":
+        return artifacts.run_dir(run_id).exists()
+    try:
+        return artifacts.read_optional_table(run_id, ROBUSTNESS_TABLE) is not None
+    except CifarError:
+        return False
+
+
+def result_summary(kind: str, run_id: str) -> dict:
+    """A finished job's result in its progress's shape: a training's epochs run
+    and test metrics; an evaluation's clean and mean corruption accuracy."""
+    try:
+        if kind == "robustness":
+            table = artifacts.read_optional_table(run_id, ROBUSTNESS_TABLE)
+            clean = table[table.corruption == "clean"]
+            corrupted = table[table.corruption != "clean"]
+            return {"clean_accuracy": float(clean.accuracy.iloc[0]),
+                    "mean_corruption_accuracy": float(corrupted.accuracy.mean()),
+                    "images": int(clean.n_images.iloc[0])}
+        metadata = artifacts.get_run(run_id).metadata
+        metrics = artifacts.read_table(run_id, "metrics").iloc[0]
+    except (CifarError, IndexError, AttributeError, TypeError):
+        return {}
+    return {"epoch": metadata.get("epochs_run"), "epochs": metadata.get("epochs_planned"),
+            "metrics": {k: float(metrics[k]) for k in ("test_accuracy", "test_loss") if k in metrics}}
+
+
+# Keras' progress bar as `evaluate --robustness` writes it to the job's log, colours
+# removed: "\r 12/76 ━━━━━━ 31s 547ms/condition".
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_CONDITION_STEP = re.compile(r"(\d+)/(\d+) ━[^\r\n]*?/condition")
+
+
+def evaluation_progress(log_tail: str) -> dict:
+    """{"step", "steps"} of a running evaluation, from the last progress bar in its log
+    (the evaluation writes no progress file: it changes nothing until it is done)."""
+    found = _CONDITION_STEP.findall(_ANSI.sub("", log_tail or ""))
+    if not found:
+        return {}
+    step, steps = (int(n) for n in found[-1])
+    return {"step": step, "steps": steps}
 
 
 def data_source_choices() -> list[str]:

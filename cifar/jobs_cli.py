@@ -14,6 +14,7 @@ import time
 JOBS_EXAMPLES = """examples:
   python -m cifar jobs submit cnn_baseline --data ~/data/cifar10-jpeg.tar.gz --epochs 5
   python -m cifar jobs submit fast_cnn --seeds 0-4   # a seed sweep: one job per seed
+  python -m cifar jobs robustness RUN_ID --images 1000   # evaluate --robustness, in the background
   CIFAR_JOBS_BACKEND=ray RAY_ADDRESS=http://127.0.0.1:8265 python -m cifar jobs submit fast_cnn --gpus 1
   python -m cifar jobs list
   python -m cifar jobs logs 3 --follow
@@ -25,7 +26,8 @@ JOBS_EXAMPLES = """examples:
 
 def add_jobs_parser(subparsers) -> None:
     from cifar.config import add_config_flags
-    jobs = subparsers.add_parser("jobs", help="queue trainings in the background (as the dashboard does)",
+    from cifar.jobs import DEFAULT_ROBUSTNESS_IMAGES
+    jobs = subparsers.add_parser("jobs", help="queue trainings and robustness evaluations in the background (as the dashboard does)",
                                  epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
 
@@ -46,6 +48,19 @@ def add_jobs_parser(subparsers) -> None:
                              "ignores both and runs $CIFAR_JOBS_MAX_CONCURRENT jobs at a time")
     add_config_flags(submit)
 
+    robustness = sub.add_parser("robustness", help="queue `evaluate RUN --robustness` for a run; prints the job id")
+    robustness.add_argument("run_id", help="a published run (see: python -m cifar runs)")
+    robustness.add_argument("--images", type=_positive_int, default=DEFAULT_ROBUSTNESS_IMAGES,
+                            help="test images, a seeded class-stratified subset (default 1000; 10000 for all)")
+    robustness.add_argument("--data", help="the CIFAR-10 copy whose test images to use (default: the run's "
+                                           "recorded data source)")
+    robustness.add_argument("--wait", action="store_true",
+                            help="block until the job ends; exit 0 only if it succeeded")
+    robustness.add_argument("--cpus", type=_non_negative, default=1.0,
+                            help="CPUs the job reserves on a Ray cluster (default 1)")
+    robustness.add_argument("--gpus", type=_non_negative, default=0.0,
+                            help="GPUs the job reserves on a Ray cluster (default 0)")
+
     cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
     cancel.add_argument("job_id", type=int)
 
@@ -60,6 +75,16 @@ def add_jobs_parser(subparsers) -> None:
     worker = sub.add_parser("worker", help="run the worker that starts queued jobs (one per machine)")
     worker.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                         help="exit after this long with nothing queued or running (default: never)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
 
 
 def _non_negative(text: str) -> float:
@@ -96,6 +121,13 @@ def run_jobs_command(args) -> int:
         for job in submitted:
             print(f"{'already queued as' if job.reused else 'queued'} job {job.id} (run {job.run_id})")
         return max(_wait(backend, job.id) for job in submitted) if args.wait else 0
+    if command == "robustness":
+        job = backend.submit_robustness(args.run_id, args.images, args.data,
+                                        submitted_by=_whoami(),
+                                        resources=jobs.Resources(cpus=args.cpus, gpus=args.gpus))
+        print(f"{'already queued as' if job.reused else 'queued'} job {job.id} "
+              f"(robustness of run {job.run_id})")
+        return _wait(backend, job.id) if args.wait else 0
     if command == "cancel":
         job = backend.cancel(args.job_id, wait=backend.settings.cancel_grace + 5)
         print(_line(job))
@@ -120,7 +152,7 @@ def run_jobs_command(args) -> int:
 def _line(job) -> str:
     when = _dt.datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M")
     detail = job.error or job.describe_progress()
-    return f"{job.id:>4}  {job.status:10} {when}  {job.run_id:42} {detail}"
+    return f"{job.id:>4}  {job.status:10} {when}  {job.kind:10} {job.run_id:42} {detail}"
 
 
 def _whoami() -> str:

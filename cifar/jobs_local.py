@@ -1,4 +1,4 @@
-"""The local job backend: training processes on this machine, queued in SQLite.
+"""The local job backend: training (or evaluation) processes on this machine, queued in SQLite.
 
 - One worker process (`python -m cifar jobs worker`, or `python -m
   cifar.jobs_local` when `submit` starts one on demand) holds `worker.lock` (flock, so a crash frees it) and every
@@ -14,10 +14,14 @@
   least once a second during an epoch). A job whose process group is gone
   without a result turns `lost` once that heartbeat is `heartbeat_timeout`
   seconds old; a live process is never declared lost, because data loading
-  and test evaluation legitimately go quiet for a while.
+  and test evaluation legitimately go quiet for a while. A robustness
+  evaluation writes no progress file (its progress is read from the Keras
+  progress bar in its log), so its heartbeat is its start time.
 - Cancel sends SIGTERM to the group, SIGKILL after `cancel_grace` seconds,
   then deletes the run's work folder (and the run, if it was published in
-  the same instant), so nothing from a cancelled job is visible.
+  the same instant), so nothing from a cancelled training is visible. A
+  robustness evaluation writes its table in one atomic step at its end, so
+  cancelling one only stops it: the run keeps what it had.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from pathlib import Path
 
 from cifar import artifacts
 from cifar.errors import CifarError
-from cifar.jobs import Job, JobBackend, JobError, JobSettings, prepare_request, training_command
+from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings, evaluation_progress, job_command,
+                        prepare_request, prepare_robustness, result_in_place, result_summary)
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
 LOG_TAIL_LINES = 40
@@ -45,10 +50,12 @@ LOG_TAIL_LINES = 40
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL,          -- the run a training makes, or the run an evaluation reads
     model TEXT NOT NULL,
-    config TEXT NOT NULL,          -- JSON of the resolved RunConfig the job trains
-    config_key TEXT NOT NULL,      -- sha256 of the resolved RunConfig, for dedupe
+    kind TEXT NOT NULL DEFAULT 'train',  -- 'train' or 'robustness' (cifar.jobs.KINDS)
+    config TEXT NOT NULL,          -- JSON of the resolved RunConfig a training job trains ('{}' otherwise)
+    payload TEXT NOT NULL DEFAULT '{}',  -- JSON of a robustness job's request: images, data
+    config_key TEXT NOT NULL,      -- sha256 of the request (the resolved RunConfig), for dedupe
     status TEXT NOT NULL,
     submitted_by TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -62,9 +69,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER,
     error TEXT,
     log_tail TEXT,
-    last_progress TEXT             -- progress.json as it was when the job ended
+    last_progress TEXT             -- progress.json (or the evaluation's result) when the job ended
 );
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, queued_at);
+CREATE UNIQUE INDEX IF NOT EXISTS one_training_per_run ON jobs (run_id) WHERE kind = 'train';
 """
 
 
@@ -152,6 +162,8 @@ class LocalProcessBackend(JobBackend):
             con.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker
             con.executescript(SCHEMA)
             _migrate_command_lines(con)
+            migrate_job_kinds(con, SCHEMA)
+            con.executescript(INDEXES)
             self._schema_ready = True
         return con
 
@@ -189,7 +201,9 @@ class LocalProcessBackend(JobBackend):
         return artifacts.job_exit_path(job_id)
 
     def _job(self, row: sqlite3.Row, reused: bool = False) -> Job:
-        if row["status"] == "running":
+        if row["status"] == "running" and row["kind"] == "robustness":
+            progress = evaluation_progress(_tail(self.log_path(row["id"]), 5))
+        elif row["status"] == "running":
             progress = _read_json(artifacts.progress_path(row["run_id"]))
             if not progress and artifacts.run_dir(row["run_id"]).exists():
                 progress = {"status": "completed"}  # published; the process is exiting
@@ -200,7 +214,8 @@ class LocalProcessBackend(JobBackend):
                    queued_at=row["queued_at"], started_at=row["started_at"],
                    finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
                    log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
-                   pgid=row["pgid"], progress=progress, reused=reused)
+                   pgid=row["pgid"], progress=progress, reused=reused, kind=row["kind"],
+                   payload=json.loads(row["payload"]))
 
     # ------------------------------------------------------------ the interface
 
@@ -208,6 +223,17 @@ class LocalProcessBackend(JobBackend):
                resources=None) -> Job:
         # `resources` is for backends that schedule by them (Ray); here max_concurrent limits.
         config, key = prepare_request(model, overrides)
+        return self._enqueue("train", config.model, key, config=config.to_dict(), submitted_by=submitted_by)
+
+    def submit_robustness(self, run_id: str, images: int = DEFAULT_ROBUSTNESS_IMAGES, data: str | None = None,
+                          submitted_by: str = "", resources=None) -> Job:
+        payload, model, key = prepare_robustness(run_id, images, data)
+        return self._enqueue("robustness", model, key, payload=payload, run_id=run_id, submitted_by=submitted_by)
+
+    def _enqueue(self, kind: str, model: str, key: str, config: dict | None = None, payload: dict | None = None,
+                 run_id: str | None = None, submitted_by: str = "") -> Job:
+        """Record a queued job (a training's run id is made now), or return the identical
+        queued, running or just-submitted one; then make sure a worker will start it."""
         now = time.time()
         with self._transaction() as con:
             row = con.execute(
@@ -215,12 +241,12 @@ class LocalProcessBackend(JobBackend):
                 "(status != 'cancelled' AND created_at > ?)) ORDER BY id DESC LIMIT 1",
                 (key, now - self.settings.dedupe_window)).fetchone()
             if row is None:
-                run_id = artifacts.new_run_id(model)
+                _refuse_a_second_evaluation(con, kind, run_id)
                 job_id = con.execute(
-                    "INSERT INTO jobs (run_id, model, config, config_key, status, submitted_by, created_at, "
-                    "queued_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                    (run_id, config.model, json.dumps(config.to_dict()), key, submitted_by, now,
-                     now)).lastrowid
+                    "INSERT INTO jobs (run_id, model, kind, config, payload, config_key, status, submitted_by, "
+                    "created_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                    (run_id or artifacts.new_run_id(model), model, kind, json.dumps(config or {}),
+                     json.dumps(payload or {}), key, submitted_by, now, now)).lastrowid
                 row = con.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 reused = False
             else:
@@ -275,10 +301,7 @@ class LocalProcessBackend(JobBackend):
             row = con.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
             if row is None:
                 raise JobError(f"no job {job_id}; list jobs with: python -m cifar jobs list")
-            if row["status"] not in ("lost", "failed"):
-                raise JobError(f"job {job_id} is {row['status']}; only lost or failed jobs can be resumed")
-            if artifacts.run_dir(row["run_id"]).exists():
-                raise JobError(f"run {row['run_id']} of job {job_id} is already published")
+            check_resumable(row)
             con.execute("UPDATE jobs SET status = 'queued', queued_at = ?, finished_at = NULL, "
                         "error = NULL, exit_code = NULL, cancel_requested_at = NULL WHERE id = ?",
                         (time.time(), row["id"]))
@@ -298,30 +321,31 @@ class LocalProcessBackend(JobBackend):
                 _signal_group(row["pgid"], signal.SIGKILL)
             return
         exit_code = _read_exit(self._exit_path(row["id"]))
-        progress = _read_json(artifacts.progress_path(row["run_id"]))
-        published = artifacts.run_dir(row["run_id"]).exists()
+        kind, what = row["kind"], WHAT.get(row["kind"], row["kind"])
+        training = kind == "train"
+        progress = _read_json(artifacts.progress_path(row["run_id"])) if training else {}
+        done = result_in_place(kind, row["run_id"]) and (training or exit_code == 0)
         tail = _tail(self.log_path(row["id"]), LOG_TAIL_LINES)
         if row["cancel_requested_at"] is not None:
-            # A cancel that raced the final rename still must leave nothing visible.
-            shutil.rmtree(artifacts.work_dir(row["run_id"]), ignore_errors=True)
-            if published:
-                artifacts.delete_run(row["run_id"])
+            if training:  # a cancel that raced the final rename still must leave nothing visible
+                shutil.rmtree(artifacts.work_dir(row["run_id"]), ignore_errors=True)
+                if done:
+                    artifacts.delete_run(row["run_id"])
             status, error = "cancelled", "cancelled by request"
-        elif published:
+        elif done:
             status, error = "succeeded", None
-            progress = _result_summary(row["run_id"])
+            progress = result_summary(kind, row["run_id"])
         elif exit_code is not None and 0 < exit_code < 128:
-            status, error = "failed", _error_line(tail) or f"training exited with code {exit_code}"
+            status, error = "failed", _error_line(tail) or f"the {what} exited with code {exit_code}"
         elif exit_code == 0:
-            status, error = "failed", "training exited without publishing a run"
+            status, error = "failed", f"the {what} exited without {_RESULT[kind]}"
         else:
             heartbeat = max(progress.get("updated_at") or 0, row["started_at"] or 0)
             if now - heartbeat < self.settings.heartbeat_timeout:
                 return
             how = f"killed by signal {exit_code - 128}" if exit_code else "vanished (no exit status)"
             status = "lost"
-            error = (f"the training process {how}; {progress.get('epoch', 0)} epochs were complete. "
-                     f"Resume with: python -m cifar jobs resume {row['id']}")
+            error = f"the {what} process {how}; {lost_note(kind, progress, row['id'])}"
         with self._transaction() as con:
             current = con.execute("SELECT status, attempt FROM jobs WHERE id = ?", (row["id"],)).fetchone()
             if current["status"] != "running" or current["attempt"] != row["attempt"]:
@@ -415,7 +439,8 @@ class LocalProcessBackend(JobBackend):
                     process = self._spawn(row)
                 except (OSError, CifarError) as exc:
                     con.execute("UPDATE jobs SET status = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                                (time.time(), f"could not start the training: {exc}", row["id"]))
+                                (time.time(), f"could not start the {WHAT.get(row['kind'], 'job')}: {exc}",
+                                 row["id"]))
                     continue
                 children[row["id"]] = process
                 con.execute("UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = ?, "
@@ -424,7 +449,7 @@ class LocalProcessBackend(JobBackend):
                             (time.time(), process.pid, _boot_id(), row["id"]))
 
     def _spawn(self, row: sqlite3.Row) -> subprocess.Popen:
-        args = training_command(self._job(row))  # a later attempt resumes from the last checkpoint
+        args = job_command(self._job(row))  # a training's later attempt resumes from the last checkpoint
         exit_path = self._exit_path(row["id"])
         exit_path.unlink(missing_ok=True)
         command = [sys.executable, "-m", "cifar", *args]
@@ -438,6 +463,70 @@ class LocalProcessBackend(JobBackend):
             return subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "cifar-job", str(exit_path), *command],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=PACKAGE_PARENT, env=env, start_new_session=True)
+
+
+_RESULT = {"train": "publishing a run", "robustness": "writing the run's robustness table"}
+
+
+def lost_note(kind: str, progress: dict, job_id: int) -> str:
+    """What a lost job had done, and how to resume it."""
+    if kind == "train":
+        return (f"{progress.get('epoch', 0)} epochs were complete. "
+                f"Resume with: python -m cifar jobs resume {job_id}")
+    return f"the run is as it was. Start it again with: python -m cifar jobs resume {job_id}"
+
+
+def check_resumable(row: sqlite3.Row) -> None:
+    """Refuse to resume a job that is not lost or failed, a training whose run is
+    already published, or an evaluation whose run is gone."""
+    if row["status"] not in ("lost", "failed"):
+        raise JobError(f"job {row['id']} is {row['status']}; only lost or failed jobs can be resumed")
+    if row["kind"] == "train" and artifacts.run_dir(row["run_id"]).exists():
+        raise JobError(f"run {row['run_id']} of job {row['id']} is already published")
+    if row["kind"] == "robustness":
+        artifacts.get_run(row["run_id"])  # a RunError saying the run is gone
+
+
+def _refuse_a_second_evaluation(con: sqlite3.Connection, kind: str, run_id: str | None) -> None:
+    """One robustness evaluation of a run at a time: two would race to write its table."""
+    if kind != "robustness":
+        return
+    other = con.execute("SELECT id FROM jobs WHERE kind = 'robustness' AND run_id = ? AND "
+                        "status IN ('queued', 'running') LIMIT 1", (run_id,)).fetchone()
+    if other is not None:
+        raise JobError(f"run {run_id} already has a robustness evaluation queued or running (job {other['id']}); "
+                       f"wait for it, or cancel it first")
+
+
+def migrate_job_kinds(con: sqlite3.Connection, schema: str) -> None:
+    """Databases from before robustness jobs: every job becomes a "train" job, and
+    run ids stop being unique (several evaluations may read one run; the
+    one_training_per_run index keeps trainings apart). SQLite cannot drop a
+    UNIQUE constraint, so the table is rebuilt from `schema` and its rows,
+    ids and id counter copied, in one transaction. Runs once, whoever opens
+    the old database first; the Ray backend's database uses it too."""
+    def columns():
+        return [row[1] for row in con.execute("PRAGMA table_info(jobs)")]
+    if not columns() or "kind" in columns():
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        old = columns()
+        if old and "kind" not in old:
+            table = schema[:schema.index("\n);") + 3]  # the CREATE TABLE statement (comments hold ';')
+            con.execute(table.replace("CREATE TABLE IF NOT EXISTS jobs", "CREATE TABLE jobs_new", 1))
+            new = [row[1] for row in con.execute("PRAGMA table_info(jobs_new)")]
+            shared = ", ".join(name for name in old if name in new)
+            con.execute(f"INSERT INTO jobs_new ({shared}) SELECT {shared} FROM jobs")
+            counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+            con.execute("DROP TABLE jobs")
+            con.execute("ALTER TABLE jobs_new RENAME TO jobs")
+            if counter is not None:  # ids of deleted jobs are never handed out again
+                con.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'jobs'", (counter[0],))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _migrate_command_lines(con: sqlite3.Connection) -> None:
@@ -495,17 +584,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return payload if isinstance(payload, dict) else {}
-
-
-def _result_summary(run_id: str) -> dict:
-    """A finished run in progress.json's shape: epochs run and test metrics."""
-    try:
-        metadata = artifacts.get_run(run_id).metadata
-        metrics = artifacts.read_table(run_id, "metrics").iloc[0]
-    except (CifarError, IndexError):
-        return {}
-    return {"epoch": metadata.get("epochs_run"), "epochs": metadata.get("epochs_planned"),
-            "metrics": {k: float(metrics[k]) for k in ("test_accuracy", "test_loss") if k in metrics}}
 
 
 def _read_exit(path: Path) -> int | None:

@@ -3,7 +3,7 @@
 Selected by `CIFAR_JOBS_BACKEND=ray` with `RAY_ADDRESS` set to the cluster's
 job server (`http://HEAD:8265`). Every attempt of a job is one Ray job
 (`JobSubmissionClient.submit_job`), running `python -m cifar
-training_command(job)` on whichever node has the job's CPUs/GPUs free
+job_command(job)` (a training or a robustness evaluation) on whichever node has the job's CPUs/GPUs free
 (`entrypoint_num_cpus`, `entrypoint_num_gpus`), so jobs run side by side up
 to the cluster's capacity. Ray uploads this code with each job
 (`runtime_env.working_dir`); the nodes need the pinned requirements installed.
@@ -20,14 +20,15 @@ to the cluster's capacity. Ray uploads this code with each job
   path (NFS, EFS, GCS-Fuse). Runs publish by one atomic rename there, as on
   one machine; progress.json there is the heartbeat.
 - Outcomes (read from Ray when a job is looked at): a published run is
-  `succeeded`; exit 1..127 is `failed` with the log's error line; a kill
+  `succeeded` (an evaluation: a Ray job that SUCCEEDED and the run's
+  robustness table in place); exit 1..127 is `failed` with the log's error line; a kill
   (signal, `ray job stop` from outside, a dead node, a head that forgot the
   job) is `lost` once the heartbeat is `heartbeat_timeout` old, and resume
   queues a new Ray job that continues from the last checkpoint, on any node.
 - Cancel: `stop_job`; Ray sends SIGTERM to the training's whole process tree
   and SIGKILL after `RAY_JOB_STOP_WAIT_TIME_S` (3 s), then the run's work
-  folder is deleted, as locally. A queued job is cancelled at once; Ray stops
-  it the moment it would have started.
+  folder is deleted, as locally (an evaluation's run is never touched). A
+  queued job is cancelled at once; Ray stops it the moment it would have started.
 - Ray fails a job still waiting for resources after
   `RAY_JOB_START_TIMEOUT_SECONDS` (15 min); such a job never ran, so it is
   submitted again and stays `queued` here: a sweep longer than the cluster
@@ -51,9 +52,11 @@ from urllib.parse import urlparse
 
 from cifar import artifacts
 from cifar.errors import CifarError
-from cifar.jobs import (ACTIVE, Capacity, Job, JobBackend, JobError, JobSettings, Resources, prepare_request,
-                        training_command)
-from cifar.jobs_local import LOG_TAIL_LINES, PACKAGE_PARENT, _error_line, _read_json, _result_summary
+from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError, JobSettings, Resources,
+                        evaluation_progress, job_command, prepare_request, prepare_robustness, result_in_place,
+                        result_summary)
+from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line, _read_json,
+                              _refuse_a_second_evaluation, check_resumable, lost_note, migrate_job_kinds)
 
 CONNECT_TIMEOUT = 3.0  # seconds; a dashboard must not hang on a cluster that is down
 # Not uploaded with each job: results, data archives, version control.
@@ -64,10 +67,12 @@ PASSED_ENV = ("CIFAR_CACHE_DIR", "KERAS_BACKEND", "KERAS_HOME", "TF_CPP_MIN_LOG_
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL UNIQUE,
+    run_id TEXT NOT NULL,          -- the run a training makes, or the run an evaluation reads
     model TEXT NOT NULL,
-    config TEXT NOT NULL,          -- the resolved RunConfig (JSON)
-    config_key TEXT NOT NULL,      -- sha256 of it, for dedupe
+    kind TEXT NOT NULL DEFAULT 'train',  -- 'train' or 'robustness' (cifar.jobs.KINDS)
+    config TEXT NOT NULL,          -- the resolved RunConfig (JSON) of a training ('{}' otherwise)
+    payload TEXT NOT NULL DEFAULT '{}',  -- a robustness job's request (JSON): images, data
+    config_key TEXT NOT NULL,      -- sha256 of the request, for dedupe
     status TEXT NOT NULL,
     submitted_by TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
@@ -85,6 +90,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     last_progress TEXT
 );
 """
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS one_training_per_run ON jobs (run_id) WHERE kind = 'train';"
 
 
 def _unreachable(address: str, reason) -> CifarError:
@@ -182,6 +188,8 @@ class RayJobsBackend(JobBackend):
         con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.executescript(SCHEMA)
+        migrate_job_kinds(con, SCHEMA)
+        con.executescript(INDEXES)
         return con
 
     @contextlib.contextmanager
@@ -222,7 +230,12 @@ class RayJobsBackend(JobBackend):
         return True
 
     def _job(self, row: sqlite3.Row, reused: bool = False) -> Job:
-        if row["status"] == "running":
+        if row["status"] == "running" and row["kind"] == "robustness":
+            try:
+                progress = evaluation_progress(self.logs(row["id"], 5))
+            except (CifarError, RuntimeError):  # the cluster went away: no progress, not an error
+                progress = {}
+        elif row["status"] == "running":
             progress = _read_json(artifacts.progress_path(row["run_id"]))
             if not progress and artifacts.run_dir(row["run_id"]).exists():
                 progress = {"status": "completed"}
@@ -233,14 +246,25 @@ class RayJobsBackend(JobBackend):
                    queued_at=row["queued_at"], started_at=row["started_at"],
                    finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
                    log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
-                   progress=progress, reused=reused)
+                   progress=progress, reused=reused, kind=row["kind"], payload=json.loads(row["payload"]))
 
     # ------------------------------------------------------------ the interface
 
     def submit(self, model: str, overrides: dict | None = None, submitted_by: str = "",
                resources: Resources | None = None) -> Job:
-        resources = resources or Resources()
         config, key = prepare_request(model, overrides)
+        return self._enqueue("train", model, key, resources, config=config.to_dict(), submitted_by=submitted_by)
+
+    def submit_robustness(self, run_id: str, images: int = DEFAULT_ROBUSTNESS_IMAGES, data: str | None = None,
+                          submitted_by: str = "", resources: Resources | None = None) -> Job:
+        payload, model, key = prepare_robustness(run_id, images, data)
+        return self._enqueue("robustness", model, key, resources, payload=payload, run_id=run_id,
+                             submitted_by=submitted_by)
+
+    def _enqueue(self, kind: str, model: str, key: str, resources: Resources | None, config: dict | None = None,
+                 payload: dict | None = None, run_id: str | None = None, submitted_by: str = "") -> Job:
+        """Record the job and submit its first attempt, or return the identical recent one."""
+        resources = resources or Resources()
         self.client  # noqa: B018 - a cluster that is down refuses the job before it is recorded
         now = time.time()
         with self._transaction() as con:
@@ -250,11 +274,13 @@ class RayJobsBackend(JobBackend):
                 (key, now - self.settings.dedupe_window)).fetchone()
             if row is not None:
                 return self._job(row, reused=True)
+            _refuse_a_second_evaluation(con, kind, run_id)
             job_id = con.execute(
-                "INSERT INTO jobs (run_id, model, config, config_key, status, submitted_by, created_at, "
-                "queued_at, cpus, gpus) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
-                (artifacts.new_run_id(model), model, json.dumps(config.to_dict()), key, submitted_by, now, now,
-                 resources.cpus, resources.gpus)).lastrowid
+                "INSERT INTO jobs (run_id, model, kind, config, payload, config_key, status, submitted_by, "
+                "created_at, queued_at, cpus, gpus) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (run_id or artifacts.new_run_id(model), model, kind, json.dumps(config or {}),
+                 json.dumps(payload or {}), key, submitted_by, now, now, resources.cpus,
+                 resources.gpus)).lastrowid
         row = self._row(job_id)
         try:
             self._submit_attempt(row)
@@ -304,10 +330,7 @@ class RayJobsBackend(JobBackend):
 
     def resume(self, job_id: int) -> Job:
         row = self._row(job_id)
-        if row["status"] not in ("lost", "failed"):
-            raise JobError(f"job {job_id} is {row['status']}; only lost or failed jobs can be resumed")
-        if artifacts.run_dir(row["run_id"]).exists():
-            raise JobError(f"run {row['run_id']} of job {job_id} is already published")
+        check_resumable(row)
         if not self._update(row, status="queued", queued_at=time.time(), finished_at=None, error=None,
                             cancel_requested_at=None):
             raise JobError(f"job {job_id} changed while resuming it; look again")
@@ -324,7 +347,7 @@ class RayJobsBackend(JobBackend):
     def _submit_attempt(self, row: sqlite3.Row, again: bool = False) -> None:
         """Submit the job's next attempt to Ray (or, `again`, the same attempt anew)."""
         job = self._job(row)
-        command = training_command(job)
+        command = job_command(job)
         attempt = row["attempt"] if again else row["attempt"] + 1
         submission_id = f"cifar-{row['run_id']}-{attempt}-{secrets.token_hex(2)}"
         env = {name: os.environ[name] for name in PASSED_ENV if os.environ.get(name)}
@@ -368,22 +391,25 @@ class RayJobsBackend(JobBackend):
                 and getattr(info.error_type, "value", info.error_type) == "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"):
             self._submit_attempt(row, again=True)  # it waited too long for resources, never ran
             return
-        progress = _read_json(artifacts.progress_path(row["run_id"]))
-        published = artifacts.run_dir(row["run_id"]).exists()
+        kind, what = row["kind"], WHAT.get(row["kind"], row["kind"])
+        training = kind == "train"
+        progress = _read_json(artifacts.progress_path(row["run_id"])) if training else {}
+        done = result_in_place(kind, row["run_id"]) and (training or state == "SUCCEEDED")
         exit_code = info.driver_exit_code if info else None
         if row["cancel_requested_at"] is not None:
-            shutil.rmtree(artifacts.work_dir(row["run_id"]), ignore_errors=True)
-            if published:
-                artifacts.delete_run(row["run_id"])
+            if training:
+                shutil.rmtree(artifacts.work_dir(row["run_id"]), ignore_errors=True)
+                if done:
+                    artifacts.delete_run(row["run_id"])
             status, error = "cancelled", "cancelled by request"
-        elif published:
+        elif done:
             status, error = "succeeded", None
-            progress = _result_summary(row["run_id"])
+            progress = result_summary(kind, row["run_id"])
         elif state == "SUCCEEDED":
-            status, error = "failed", "training exited without publishing a run"
+            status, error = "failed", f"the {what} exited without {_RESULT[kind]}"
         elif state == "FAILED" and exit_code is not None and 0 < exit_code < 128:
             tail = self.logs(row["id"], LOG_TAIL_LINES)
-            status, error = "failed", _error_line(tail) or f"training exited with code {exit_code}"
+            status, error = "failed", _error_line(tail) or f"the {what} exited with code {exit_code}"
         elif state == "FAILED" and exit_code is None and info.error_type and "DIED" not in str(info.error_type):
             status, error = "failed", f"Ray could not run it: {info.message}"
         else:
@@ -399,8 +425,7 @@ class RayJobsBackend(JobBackend):
             else:
                 how = f"ended without an exit status ({info.message})"
             status = "lost"
-            error = (f"the training {how}; {progress.get('epoch', 0)} epochs were complete. "
-                     f"Resume with: python -m cifar jobs resume {row['id']}")
+            error = f"the {what} {how}; {lost_note(kind, progress, row['id'])}"
         tail = self.logs(row["id"], LOG_TAIL_LINES) if status in ("failed", "lost") else None
         started = row["started_at"] or (info.start_time / 1000 if info and info.start_time else now)
         self._update(row, status=status, started_at=started, finished_at=now, error=error, log_tail=tail,

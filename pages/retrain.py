@@ -1,4 +1,5 @@
-"""Retrain: queue a training from the browser and watch it run.
+"""Retrain: queue a training, or a robustness evaluation of a run, from the
+browser and watch it run.
 
 Everything happens in `cifar.jobs` and its backend (`cifar.jobs_local`: this
 machine, one training at a time by default; `cifar.jobs_ray`: a Ray cluster,
@@ -124,6 +125,44 @@ if submitted:
             else:
                 st.success(f"Queued as job {job.id}.")
 
+# ---------------------------------------------------------------- a robustness evaluation
+
+def run_choices() -> list[str]:
+    """The sidebar's selected runs first, then every other visible run, newest first."""
+    chosen = _common.selected()
+    return chosen + [run_id for run_id, _ in reversed(_common.visible_runs()) if run_id not in chosen]
+
+
+RUN_LABELS = _common.labels()
+with st.form("robustness"):
+    st.markdown("**Robustness evaluation** of a run: its accuracy under every CIFAR-10-C corruption and "
+                "severity, added to the run for the Robustness page.")
+    left, right = st.columns(2)
+    evaluated = left.selectbox("Run", run_choices(), key="robustness_run", index=0,
+                               format_func=lambda run_id: RUN_LABELS.get(run_id, run_id),
+                               placeholder="no runs yet: train one first")
+    images = right.number_input("Test images", key="robustness_images", min_value=1, max_value=10_000,
+                                value=jobs.DEFAULT_ROBUSTNESS_IMAGES, step=100,
+                                help="A seeded, class-stratified subset of the test set (10,000 for all). "
+                                     "1,000 images give each accuracy to about ±0.03.")
+    evaluate = st.form_submit_button("Evaluate robustness", disabled=signed_out)
+
+if evaluate:
+    try:
+        who = check_rights()
+        if evaluated is None:
+            raise CifarError("there is no run to evaluate yet; train one first")
+        job = backend.submit_robustness(evaluated, int(images), submitted_by=who)
+    except auth.NotAllowed as exc:
+        st.error(f"Not submitted: {exc}", icon=":material/lock:")
+    except CifarError as exc:
+        st.error(f"Not submitted: {exc}")
+    else:
+        if job.reused:
+            st.info(f"The same evaluation is already job {job.id} ({job.status}); no second job was queued.")
+        else:
+            st.success(f"Queued as job {job.id}.")
+
 # ---------------------------------------------------------------- the jobs
 
 ACTIONS = {"Cancel": lambda job_id: backend.cancel(job_id, wait=3), "Resume": backend.resume}
@@ -138,6 +177,10 @@ def act(label: str, job_id: int) -> None:
         st.session_state[MESSAGE_KEY] = f"{label} refused: {exc}"
     except CifarError as exc:
         st.session_state[MESSAGE_KEY] = str(exc)
+
+
+PAGE_OF_RESULT = {"train": ("Open run", "pages/run_details.py"),
+                  "robustness": ("Open robustness", "pages/robustness.py")}
 
 
 def select_run(run_id: str) -> None:
@@ -158,17 +201,21 @@ def show_job(job: jobs.Job) -> None:
         head, buttons = st.columns([4, 1])
         cancelling = " (cancelling)" if job.cancel_requested and job.active else ""
         who = f" by {job.submitted_by}" if job.submitted_by else ""
-        head.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {job.id}** · `{job.model}` · "
+        what = f"robustness of `{job.model}`, {job.payload.get('images', 0):,} images" \
+            if job.kind == "robustness" else f"`{job.model}`"
+        head.markdown(f"{STATUS_ICONS.get(job.status, '')} **Job {job.id}** · {what} · "
                       f"**{job.status}**{cancelling} · queued {ago(job.created_at)}{who}")
         head.caption(f"run `{job.run_id}` · attempt {job.attempt}")
         if job.active:
             buttons.button("Cancel", key=f"cancel-{job.id}", on_click=act, args=("Cancel", job.id))
         if job.status in ("lost", "failed"):
             buttons.button("Resume", key=f"resume-{job.id}", on_click=act, args=("Resume", job.id),
-                           help="Continue from the last completed epoch, as a new attempt")
-        if job.status == "succeeded" and buttons.button("Open run", key=f"open-{job.id}", type="primary",
+                           help="Start the evaluation again, as a new attempt" if job.kind == "robustness"
+                           else "Continue from the last completed epoch, as a new attempt")
+        label, result_page = PAGE_OF_RESULT.get(job.kind, PAGE_OF_RESULT["train"])
+        if job.status == "succeeded" and buttons.button(label, key=f"open-{job.id}", type="primary",
                                                         on_click=select_run, args=(job.run_id,)):
-            st.switch_page("pages/run_details.py")
+            st.switch_page(result_page)
 
         if job.status == "running":
             st.progress(job.fraction_done, text=job.describe_progress())
@@ -176,7 +223,7 @@ def show_job(job: jobs.Job) -> None:
                 st.caption(f"last heartbeat {ago(job.heartbeat_at)}")
         elif job.status == "queued":
             st.caption("waiting for free CPUs/GPUs on the cluster" if backend.name == "ray"
-                       else "waiting for a free training slot")
+                       else "waiting for a free slot")
         elif job.progress and job.status != "cancelled":
             st.caption(job.describe_progress())
         if job.error and job.status in ("failed", "lost"):

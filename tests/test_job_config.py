@@ -19,7 +19,7 @@ import pytest
 from cifar import artifacts, cli
 from cifar.config import FIELDS, RunConfig, config_overrides, flag_of, resolve_config
 from cifar.errors import CifarError
-from cifar.jobs import training_command
+from cifar.jobs import job_command
 from cifar.jobs_local import LocalProcessBackend
 from cifar.models import REGISTRY
 from tests.datasets import make_class_folders
@@ -173,12 +173,12 @@ def test_zero_turns_off_an_optional_setting_and_a_job_request_is_type_checked(no
 
 def test_first_attempt_trains_the_stored_config_and_a_later_one_resumes(no_worker, tmp_path):
     job = no_worker.submit("cnn_baseline", {"data": str(tmp_path), "epochs": 1, "note": "it's 'quoted'"})
-    command = training_command(job)
+    command = job_command(job)
     assert command[:2] == ["train", "--config"] and command[3:] == ["--run-id", job.run_id, "--quiet"]
     assert json.loads(command[2]) == job.config == resolve_config("cnn_baseline", data=str(tmp_path), epochs=1,
                                                                   note="it's 'quoted'").to_dict()
     artifacts.work_dir(job.run_id).mkdir(parents=True)
-    assert training_command(dataclasses.replace(job, attempt=1)) == ["resume", job.run_id, "--quiet"]
+    assert job_command(dataclasses.replace(job, attempt=1)) == ["resume", job.run_id, "--quiet"]
 
 
 OLD_SCHEMA = """CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,

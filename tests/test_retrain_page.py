@@ -223,3 +223,42 @@ def test_a_sweep_submitted_on_the_page_runs_on_a_ray_head_and_appears_on_the_mod
     models.switch_page("pages/models.py").run()
     table = next(f.value for f in models.dataframe if d.ACCURACY in f.value.columns)
     assert table[table[d.SOURCE] == d.MEASURED_SOURCE][d.MODEL].tolist() == ["cnn_baseline", "cnn_baseline"]
+
+
+# ---------------------------------------------------------------- robustness evaluations
+
+def test_the_robustness_form_queues_an_evaluation_of_a_chosen_run_with_the_same_rights(
+        no_worker, tmp_path, monkeypatch):
+    from cifar import sample_runs
+    elsewhere = fixture_runs.make_run("cnn_baseline", seed=1)  # trained on a copy not on this machine
+    monkeypatch.setitem(sample_runs.SAMPLE_DATA, "source", str(tmp_path))
+    here = fixture_runs.make_run("cnn_regularized", seed=2, minutes_after_start=60)
+    monkeypatch.setenv(auth.TOKEN_ENV, "s3cret")
+    at = page()
+    assert at.number_input(key="robustness_images").value == jobs.DEFAULT_ROBUSTNESS_IMAGES
+
+    at.selectbox(key="robustness_run").set_value(here.run_id)
+    at.number_input(key="robustness_images").set_value(50)
+    button(at, "Evaluate robustness").click().run()
+    assert "Not submitted" in texts(at.error) and "token" in texts(at.error)
+    assert no_worker.list_jobs() == []
+
+    at.text_input(key="retrain_token").input("s3cret")
+    at.selectbox(key="robustness_run").set_value(elsewhere.run_id)
+    button(at, "Evaluate robustness").click().run()
+    assert "/data/cifar10-jpeg" in texts(at.error) and "not on this machine" in texts(at.error)
+
+    at.selectbox(key="robustness_run").set_value(here.run_id)
+    button(at, "Evaluate robustness").click().run()
+    assert "Queued as job 1" in texts(at.success)
+    [job] = no_worker.list_jobs()
+    assert (job.kind, job.run_id, job.payload, job.submitted_by) == ("robustness", here.run_id, {"images": 50},
+                                                                     "team token")
+    assert "robustness of `cnn_regularized`, 50 images" in texts(at.markdown)
+
+    with no_worker._transaction() as con:  # as the worker records a finished evaluation
+        con.execute("UPDATE jobs SET status = 'succeeded', last_progress = ? WHERE id = 1",
+                    ('{"clean_accuracy": 0.8, "mean_corruption_accuracy": 0.6, "images": 50}',))
+    at.run()
+    assert at.button(key="open-1").label == "Open robustness"
+    assert "mean corruption accuracy 0.6000 on 50 images" in texts(at.caption)

@@ -121,13 +121,6 @@ class Job:
         return self.status in ACTIVE
 
     @property
-    def title(self) -> str:
-        """What the job does, in a few words, for lists."""
-        if self.kind == "robustness":
-            return f"robustness of {self.model} on {self.payload.get('images', '?'):,} images"
-        return f"training {self.model}"
-
-    @property
     def heartbeat_at(self) -> float | None:
         return self.progress.get("updated_at") or self.started_at
 
@@ -366,11 +359,11 @@ def prepare_robustness(run_id: str, images: int, data: str | None) -> tuple[dict
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise CifarError(f"--images must be a whole number of at least 1 (got {images!r})")
     info = artifacts.get_run(run_id)
-    if data:
+    if data and data != "keras":
         if not Path(data).exists():
             raise CifarError(f"data source '{data}' does not exist on this machine")
-        data = str(Path(data).resolve()) if data != "keras" else data
-    else:
+        data = str(Path(data).resolve())
+    elif not data:
         recorded = (info.metadata.get("data") or {}).get("source") or \
             (info.metadata.get("config") or {}).get("data")
         if not recorded:
@@ -378,6 +371,8 @@ def prepare_robustness(run_id: str, images: int, data: str | None) -> tuple[dict
         if recorded != "keras" and not Path(recorded).exists():
             raise CifarError(f"run {run_id} was trained on '{recorded}', which is not on this machine; "
                              f"give a copy of CIFAR-10 (--data PATH)")
+        if recorded != "keras" and not Path(recorded).is_absolute():
+            data = str(Path(recorded).resolve())  # relative to this folder, not the job's
     payload = {"images": images, **({"data": data} if data else {})}
     key = hashlib.sha256(json.dumps({"kind": "robustness", "run_id": run_id, **payload},
                                     sort_keys=True).encode()).hexdigest()

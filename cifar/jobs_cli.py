@@ -27,7 +27,8 @@ JOBS_EXAMPLES = """examples:
 def add_jobs_parser(subparsers) -> None:
     from cifar.config import add_config_flags
     from cifar.jobs import DEFAULT_ROBUSTNESS_IMAGES
-    jobs = subparsers.add_parser("jobs", help="queue trainings and robustness evaluations in the background (as the dashboard does)",
+    jobs = subparsers.add_parser("jobs", help="queue trainings and robustness evaluations in the background "
+                                      "(as the dashboard does)",
                                  epilog=JOBS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
 

@@ -41,8 +41,9 @@ from pathlib import Path
 
 from cifar import artifacts
 from cifar.errors import CifarError
-from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings, evaluation_progress, job_command,
-                        prepare_request, prepare_robustness, result_in_place, result_summary)
+from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings,
+                        evaluation_progress, job_command, prepare_request, prepare_robustness, result_in_place,
+                        result_summary)
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
 LOG_TAIL_LINES = 40

@@ -3,10 +3,11 @@
 Selected by `CIFAR_JOBS_BACKEND=ray` with `RAY_ADDRESS` set to the cluster's
 job server (`http://HEAD:8265`). Every attempt of a job is one Ray job
 (`JobSubmissionClient.submit_job`), running `python -m cifar
-job_command(job)` (a training or a robustness evaluation) on whichever node has the job's CPUs/GPUs free
-(`entrypoint_num_cpus`, `entrypoint_num_gpus`), so jobs run side by side up
-to the cluster's capacity. Ray uploads this code with each job
-(`runtime_env.working_dir`); the nodes need the pinned requirements installed.
+job_command(job)` (a training or a robustness evaluation) on whichever
+node has the job's CPUs/GPUs free (`entrypoint_num_cpus`,
+`entrypoint_num_gpus`), so jobs run side by side up to the cluster's
+capacity. Ray uploads this code with each job (`runtime_env.working_dir`);
+the nodes need the pinned requirements installed.
 
 - Records: the job list lives in SQLite beside the local backend's
   (`artifacts.jobs_dir()/ray-jobs.sqlite`), not in Ray's job table. Job ids
@@ -21,7 +22,8 @@ to the cluster's capacity. Ray uploads this code with each job
   one machine; progress.json there is the heartbeat.
 - Outcomes (read from Ray when a job is looked at): a published run is
   `succeeded` (an evaluation: a Ray job that SUCCEEDED and the run's
-  robustness table in place); exit 1..127 is `failed` with the log's error line; a kill
+  robustness table in place); exit 1..127 is `failed` with the log's error
+  line; a kill
   (signal, `ray job stop` from outside, a dead node, a head that forgot the
   job) is `lost` once the heartbeat is `heartbeat_timeout` old, and resume
   queues a new Ray job that continues from the last checkpoint, on any node.
@@ -47,14 +49,13 @@ import secrets
 import shutil
 import sqlite3
 import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 from cifar import artifacts
 from cifar.errors import CifarError
-from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError, JobSettings, Resources,
-                        evaluation_progress, job_command, prepare_request, prepare_robustness, result_in_place,
-                        result_summary)
+from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError,
+                        JobSettings, Resources, evaluation_progress, job_command, prepare_request,
+                        prepare_robustness, result_in_place, result_summary)
 from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line, _read_json,
                               _refuse_a_second_evaluation, check_resumable, lost_note, migrate_job_kinds)
 

@@ -12,6 +12,8 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         gallery.parquet          misclassified (and a few correct) test images
         model.keras              the trained model, no optimizer state
         manifest.json            sha256 and size of every file above
+        val_predictions.parquet  optional: the validation split's predictions (Compare page)
+        robustness.parquet       optional, added later: accuracy under corruptions
     <root>/work/<run_id>/        a run in progress
         config.json              the run's RunConfig, written before training starts
         state.json               completed epochs, history, which checkpoint is current
@@ -22,6 +24,7 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
     <root>/.staging/<run_id>.<host>-<pid>.<hex>/   where a finished run is assembled
     <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
                                  worker.log, logs/job-<id>.log and .exit
+    <root>/run_marks.json        the team's marks: reference and hidden runs
 
 A run becomes visible only by one atomic rename from `.staging/` into
 `runs/`, so a reader never sees half a run. Readers skip broken or foreign
@@ -62,9 +65,8 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 # Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
-OPTIONAL_TABLES = ("val_predictions",)
-run_schema.register_table(run_schema.TableSchema(  # the validation split's predictions, as evaluate writes them
-    "val_predictions", run_schema.TABLE_SCHEMAS["predictions"].columns, required=False))
+# Optional tables (val_predictions, robustness): their schemas live in cifar.run_schema.
+OPTIONAL_TABLES = tuple(name for name, schema in run_schema.TABLE_SCHEMAS.items() if not schema.required)
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
 # Files of a run's work folder (see the layout above).
 CONFIG_FILE = "config.json"
@@ -122,6 +124,12 @@ def best_weights_name(epoch: int) -> str:
 def saved_weight_files(work: Path) -> list[Path]:
     """Every checkpoint and best-weights file in a work folder."""
     return sorted(work.glob("checkpoint-*.keras")) + sorted(work.glob("best-*.weights.h5"))
+
+
+def marks_path() -> Path:
+    """The team's marks on runs (reference, hidden): kept beside runs/, so a
+    published run's own files are never edited to mark it."""
+    return root() / "run_marks.json"
 
 
 def jobs_dir() -> Path:
@@ -408,9 +416,11 @@ def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
 
 
 def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> pd.DataFrame:
-    if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+    if name not in TABLES + OPTIONAL_TABLES:
+        raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
     info = get_run(run_id, allow_missing_model=allow_missing_model)
+    if name in OPTIONAL_TABLES and not (info.path / f"{name}.parquet").is_file():
+        raise RunError(f"run {run_id} has no {name} table yet; docs/ARTIFACTS.md gives the command that adds it")
     data = (info.path / f"{name}.parquet").read_bytes()
     _verified(info, f"{name}.parquet", data)
     try:
@@ -449,26 +459,37 @@ def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
 
 
 def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
-    """Add (or replace) an optional table of a published run, then its manifest
-    entry; each file is replaced in one rename, so readers see the run whole."""
+    """Add (or replace) an optional table of a published run, and its manifest entry.
+
+    Both files are written in full under temporary names first and then
+    renamed over the old ones (os.replace), the table before the manifest:
+    an interruption before the renames leaves the run exactly as it was."""
     if name not in OPTIONAL_TABLES:
         raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
     problems = run_schema.check_table(name, frame)
     if problems:
         raise RunError(f"table {name} does not match its schema ({'; '.join(problems)}); nothing was written")
-    info = get_run(run_id)
-    final = info.path / f"{name}.parquet"
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    folder = get_run(run_id).path
+    final = folder / f"{name}.parquet"
+    table_tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    manifest_tmp = folder / f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp"
     try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
+        frame.to_parquet(table_tmp, index=False)
+        manifest = read_json(folder / MANIFEST_FILE)
+        manifest.setdefault("files", {})[final.name] = sha256_file(table_tmp)
+        manifest["files"] = dict(sorted(manifest["files"].items()))
+        if isinstance(manifest.get("sizes"), dict):
+            manifest["sizes"][final.name] = table_tmp.stat().st_size
+            manifest["sizes"] = dict(sorted(manifest["sizes"].items()))
+        with open(manifest_tmp, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(table_tmp, final)
+        os.replace(manifest_tmp, folder / MANIFEST_FILE)
     finally:
-        tmp.unlink(missing_ok=True)
-    manifest = read_json(info.path / MANIFEST_FILE)
-    manifest["files"] = dict(sorted({**manifest["files"], final.name: sha256_file(final)}.items()))
-    if isinstance(manifest.get("sizes"), dict):
-        manifest["sizes"] = dict(sorted({**manifest["sizes"], final.name: final.stat().st_size}.items()))
-    write_json_atomic(info.path / MANIFEST_FILE, manifest)
+        table_tmp.unlink(missing_ok=True)
+        manifest_tmp.unlink(missing_ok=True)
 
 
 def load_run(run_id: str) -> dict:

@@ -30,12 +30,38 @@ MAX_DEFAULT_SELECTION = 6
 
 # ---------------------------------------------------------------- run labels
 
-def run_label(run_id: str, metadata: dict) -> str:
-    """What a person reads for a run: model, id suffix, start time, and a
-    warning when a transfer model was trained without ImageNet weights."""
+def run_label(run_id: str, metadata: dict, reference: bool = False, tags: bool = True) -> str:
+    """What a person reads for a run: model, id suffix, start time, and what
+    sets it apart: a reference run (★), a subset or short run, a transfer
+    model trained without ImageNet weights (`tags=False` leaves subset and
+    short to the Models table's own "Run type" column)."""
     parts = artifacts.parse_run_id(run_id)
-    label = f"{metadata.get('model') or parts.model} · {parts.suffix} · {parts.created_at:%d %b %H:%M}"
-    return label + " · no ImageNet weights" if metadata.get("imagenet_weights") is False else label
+    model = metadata.get("model") or parts.model
+    label = f"{'★ ' if reference else ''}{model} · {parts.suffix} · {parts.created_at:%d %b %H:%M}"
+    extra = (run_tags(metadata) if tags else []) + (
+        ["no ImageNet weights"] if metadata.get("imagenet_weights") is False else [])
+    return " · ".join([label, *extra])
+
+
+def run_tags(metadata: dict) -> list[str]:
+    """Why a run is not a full one: trained on a subset of the images, or for
+    fewer epochs than its recipe (`recipe_epochs`, recorded since it existed)."""
+    config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+    tags = []
+    limit = config.get("limit_per_class")
+    if isinstance(limit, int) and limit > 0:
+        tags.append(f"subset {limit}/class")
+    planned, recipe = metadata.get("epochs_planned"), metadata.get("recipe_epochs")
+    if isinstance(planned, int) and isinstance(recipe, int) and planned < recipe:
+        tags.append(f"short {planned}/{recipe} epochs")
+    return tags
+
+
+def run_type(metadata: dict, reference: bool) -> str:
+    """The Models table's "Run type": ★ Reference, Full run, or what makes it partial."""
+    tags = run_tags(metadata)
+    text = ", ".join((["★ Reference"] if reference else []) + tags) or "Full run"
+    return text[:1].upper() + text[1:]
 
 
 def imagenet_text(value) -> str:
@@ -48,41 +74,56 @@ def yes_no(value) -> str:
     return "Yes" if bool(value) else "No"
 
 
-def default_selection(runs: list[tuple[str, dict]], limit: int = MAX_DEFAULT_SELECTION) -> list[str]:
-    """The newest run of each model (runs come oldest first), at most `limit`."""
-    newest: dict[str, str] = {}
-    for run_id, metadata in runs:
-        newest[metadata.get("model", run_id)] = run_id
-    return sorted(newest.values())[-limit:]
+def default_selection(runs: list[tuple[str, dict]], reference: frozenset = frozenset(),
+                      hidden: frozenset = frozenset(), limit: int = MAX_DEFAULT_SELECTION) -> list[str]:
+    """What a visitor sees first: every reference run, then, for each model
+    without one, its newest full run (a subset or short run only when the
+    model has no full run); hidden runs never. Runs come oldest first."""
+    shown = [(run_id, metadata) for run_id, metadata in runs if run_id not in hidden]
+    references = [run_id for run_id, _ in shown if run_id in reference]
+    covered = {metadata.get("model") for run_id, metadata in shown if run_id in reference}
+    newest_full, newest_any = {}, {}
+    for run_id, metadata in shown:
+        model = metadata.get("model") or run_id
+        newest_any[model] = run_id
+        if not run_tags(metadata):
+            newest_full[model] = run_id
+    others = sorted(newest_full.get(model, run_id) for model, run_id in newest_any.items() if model not in covered)
+    room = max(limit - len(references), 0)
+    return sorted(references[:limit] + (others[-room:] if room else []))
 
 
 # ---------------------------------------------------------------- models table
 
-SOURCE, RUN, MODEL = "Source", "Run", "Model"
+SOURCE, RUN, MODEL, RUN_TYPE = "Source", "Run", "Model", "Run type"
 PARAMS, LAYERS, EPOCHS, BEST_EPOCH = "Parameters", "Layers", "Epochs run", "Best epoch"
 AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER = "Augmentation", "BatchNorm", "Dropout", "Optimizer"
 ACCURACY, LOSS, F1, RECALL = "Test accuracy", "Test loss", "Macro F1", "Macro recall"
 ACCURACY_CI = "Accuracy 95% CI"  # Wilson score interval over the run's test images
-TRAIN_MINUTES, HARDWARE, PRECISION = "Training time (min)", "Hardware", "Precision"
+TRAIN_MINUTES, HARDWARE, PRECISION = "Training (min)", "Hardware", "Precision"
 IMAGENET, LATENCY, NOTES = "ImageNet weights", "Latency (ms)", "Notes"
-TABLE_COLUMNS = [SOURCE, RUN, MODEL, PARAMS, LAYERS, EPOCHS, BEST_EPOCH, AUGMENT, BATCHNORM, DROPOUT,
-                 OPTIMIZER, ACCURACY, ACCURACY_CI, LOSS, F1, RECALL, TRAIN_MINUTES, HARDWARE, PRECISION,
-                 IMAGENET, LATENCY, NOTES]
+# What a stakeholder reads first: the results, right after the run's name;
+# the architecture and training details follow (DETAIL_COLUMNS, shown on demand).
+RESULT_COLUMNS = [RUN, ACCURACY, ACCURACY_CI, LOSS, F1, LATENCY, TRAIN_MINUTES, RUN_TYPE]
+DETAIL_COLUMNS = [MODEL, EPOCHS, RECALL, PARAMS, LAYERS, BEST_EPOCH, AUGMENT, BATCHNORM, DROPOUT, OPTIMIZER,
+                  HARDWARE, PRECISION, IMAGENET, SOURCE, NOTES]
+TABLE_COLUMNS = RESULT_COLUMNS + DETAIL_COLUMNS
 # Which way is better for each highlighted column: fewer parameters is
 # cheaper to serve, so it counts as better on the cost side of the frontier.
 BEST_IS = {ACCURACY: "max", F1: "max", RECALL: "max", LOSS: "min", TRAIN_MINUTES: "min",
            LATENCY: "min", PARAMS: "min"}
 
 
-def measured_row(run_id: str, metadata: dict, metrics: dict) -> dict:
+def measured_row(run_id: str, metadata: dict, metrics: dict, reference: bool = False) -> dict:
     """One run as a row of the results table (metrics: the run's metrics row)."""
     params = metadata.get("params") or {}
     config = metadata.get("config") or {}
     hardware = ((metadata.get("environment") or {}).get("hardware") or {}).get("label")
     return {
-        "run_id": run_id, SOURCE: MEASURED_SOURCE, RUN: run_label(run_id, metadata),
-        MODEL: metadata.get("model"), PARAMS: params.get("total"), LAYERS: metadata.get("layers"),
-        EPOCHS: metadata.get("epochs_run"), BEST_EPOCH: metadata.get("best_epoch"),
+        "run_id": run_id, SOURCE: MEASURED_SOURCE, RUN: run_label(run_id, metadata, reference, tags=False),
+        RUN_TYPE: run_type(metadata, reference), "partial": bool(run_tags(metadata)), MODEL: metadata.get("model"),
+        PARAMS: params.get("total"), LAYERS: metadata.get("layers"), EPOCHS: metadata.get("epochs_run"),
+        BEST_EPOCH: metadata.get("best_epoch"),
         AUGMENT: yes_no(metadata.get("augmentation")), BATCHNORM: yes_no(metadata.get("batchnorm")),
         DROPOUT: yes_no(metadata.get("dropout")), OPTIMIZER: metadata.get("optimizer"),
         ACCURACY: metrics.get("test_accuracy"), ACCURACY_CI: accuracy_interval_text(metrics),
@@ -108,10 +149,12 @@ def _minutes(seconds) -> float | None:
     return None if seconds is None else float(seconds) / 60
 
 
-def comparison_table(runs: list[tuple[str, dict]], metrics: dict[str, dict]) -> pd.DataFrame:
+def comparison_table(runs: list[tuple[str, dict]], metrics: dict[str, dict],
+                     reference: frozenset = frozenset()) -> pd.DataFrame:
     """Every measured run as one row of the results table, newest first."""
-    rows = [measured_row(run_id, metadata, metrics.get(run_id, {})) for run_id, metadata in reversed(runs)]
-    return _typed(pd.DataFrame(rows, columns=["run_id", *TABLE_COLUMNS]))
+    rows = [measured_row(run_id, metadata, metrics.get(run_id, {}), run_id in reference)
+            for run_id, metadata in reversed(runs)]
+    return _typed(pd.DataFrame(rows, columns=["run_id", "partial", *TABLE_COLUMNS]))
 
 
 def study_results() -> pd.DataFrame:
@@ -122,9 +165,12 @@ def study_results() -> pd.DataFrame:
 
 def study_rows(study: pd.DataFrame) -> pd.DataFrame:
     """The published results in the results table's columns, marked as such."""
+    # Two rows share an architecture and developer (20 and 24 epochs): the epochs tell them apart.
+    who = study.developer.where(~study.duplicated(["model_architecture", "developer"], keep=False),
+                                study.developer + ", " + study.epochs.astype(str) + " epochs")
     rows = pd.DataFrame({
-        "run_id": None, SOURCE: STUDY_SOURCE,
-        RUN: "Study: " + study.model_architecture + " (" + study.developer + ")",
+        "run_id": None, "partial": False, SOURCE: STUDY_SOURCE, RUN_TYPE: "Published study",
+        RUN: "Study: " + study.model_architecture + " (" + who + ")",
         MODEL: study.model_architecture, PARAMS: study.params, LAYERS: study.total_layers,
         EPOCHS: study.epochs, BEST_EPOCH: np.nan,
         AUGMENT: study.data_augmentation.map(yes_no), BATCHNORM: study.batchnorm.map(yes_no),
@@ -135,7 +181,7 @@ def study_rows(study: pd.DataFrame) -> pd.DataFrame:
         IMAGENET: study.imagenet_weights.map(lambda v: imagenet_text(None if pd.isna(v) else v)),
         LATENCY: np.nan, NOTES: study.comments.fillna(""),
     })
-    return _typed(rows[["run_id", *TABLE_COLUMNS]])
+    return _typed(rows[["run_id", "partial", *TABLE_COLUMNS]])
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -157,18 +203,29 @@ def filter_table(table: pd.DataFrame, models: list[str] | None = None, text: str
 
 
 def best_cells(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a measured run holds the best value of a BEST_IS column.
+    """True where a full measured run holds the best value of a BEST_IS column.
 
     Published rows never count: they were measured elsewhere, on other
-    hardware, so they are compared by eye, not crowned."""
+    hardware, so they are compared by eye, not crowned. Nor do subset and
+    short runs: a run that trained less is trivially quicker."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
-    measured = table[table[SOURCE] == MEASURED_SOURCE]
+    partial = table["partial"].fillna(False).astype(bool) if "partial" in table else \
+        pd.Series(False, index=table.index)
+    measured = table[(table[SOURCE] == MEASURED_SOURCE) & ~partial]
     for column, direction in BEST_IS.items():
         values = measured[column].dropna()
         if not values.empty:
             best = values.max() if direction == "max" else values.min()
             mask.loc[values.index[values == best], column] = True
     return mask
+
+
+def point_label(run: str) -> str:
+    """A chart point's short name: the run label's model and id suffix
+    ("cnn_baseline · d632"), or the study row's name without "Study: "."""
+    if run.startswith("Study: "):
+        return run.removeprefix("Study: ")
+    return " · ".join(run.split(" · ")[:2])
 
 
 def pareto_frontier(table: pd.DataFrame, cost: str, value: str = ACCURACY) -> pd.DataFrame:
@@ -235,21 +292,39 @@ def curves_long(histories: dict[str, pd.DataFrame], metric: str, x_axis: str = "
         columns=["run", "split", "x", "value", "raw"])
 
 
+def has_validation(history: pd.DataFrame) -> bool:
+    """Whether the run held out a validation split (fast_cnn trains on all images)."""
+    return "val_accuracy" in history and history["val_accuracy"].notna().any()
+
+
 def best_epoch_points(histories: dict[str, pd.DataFrame], best_epochs: dict[str, int], metric: str,
                       x_axis: str = "Epoch", smoothing: float = 0.0) -> pd.DataFrame:
-    """Where each run's best epoch sits on its validation (or only) curve."""
+    """Where each run's best validation epoch sits on its validation curve
+    (on its learning-rate curve in that view). Runs without validation have
+    no best epoch to mark, and a one-epoch run's only point is not a choice."""
     long = curves_long(histories, metric, x_axis, smoothing)
+    split = "Learning rate" if metric == "Learning rate" else "Validation"
     rows = []
     for label, history in histories.items():
         epoch = best_epochs.get(label)
-        split = "Learning rate" if metric == "Learning rate" else "Validation"
         curve = long[(long.run == label) & (long.split == split)]
-        at = history.index[history["epoch"] == epoch]
-        if epoch and len(at) and not curve.empty:
+        at = history.index[history["epoch"] == epoch] if "epoch" in history else []
+        if epoch and len(at) and len(history) > 1 and has_validation(history) and not curve.empty:
             position = history.index.get_loc(at[0])
             rows.append({"run": label, "epoch": int(epoch), "x": curve.x.iloc[position],
                          "value": curve.value.iloc[position]})
     return pd.DataFrame(rows, columns=["run", "epoch", "x", "value"])
+
+
+def label_smoothing_note(smoothing_by_run: dict[str, float | None]) -> str | None:
+    """A warning when overlaid runs were trained with different label smoothing:
+    a smoothed target raises the loss floor, so their losses are not comparable."""
+    values = {label: float(v or 0.0) for label, v in smoothing_by_run.items()}
+    if len(set(values.values())) < 2:
+        return None
+    listed = ", ".join(f"{label}: {v:g}" for label, v in values.items())
+    return (f"These runs were trained with different label smoothing ({listed}). Smoothing raises the "
+            "lowest loss a model can reach, so their losses are not comparable: compare accuracy instead.")
 
 
 def generalization_gap(histories: dict[str, pd.DataFrame], best_epochs: dict[str, int]) -> pd.DataFrame:
@@ -303,6 +378,15 @@ def difference_is_better(difference: pd.DataFrame) -> pd.DataFrame:
     (correct) and less off it (mistakes) are both positive."""
     sign = np.where(np.eye(len(difference), dtype=bool), 1, -1)
     return difference * sign
+
+
+def cell_text(value: float, normalized: bool, signed: bool) -> str:
+    """What a confusion cell shows: a share in whole percent or a count, with
+    a sign for differences; empty when it rounds to zero (never "+0%")."""
+    rounded = int(round(value * 100 if normalized else value))
+    if rounded == 0:
+        return ""
+    return (f"{rounded:+d}" if signed else f"{rounded:d}") + ("%" if normalized else "")
 
 
 def most_confused_pairs(confusions: dict[str, pd.DataFrame], top: int = 10) -> pd.DataFrame:
@@ -375,16 +459,42 @@ def enlarge_png(png: bytes, factor: int = 4) -> np.ndarray:
         return enlarge(np.asarray(image.convert("RGB")), factor)
 
 
+# Below this top probability a guess is flagged as unsure (the max-softmax
+# baseline for spotting odd inputs). On the shipped runs' 10,000 test images
+# it flags 73% (fast_cnn) and 8% (cnn_baseline) of the wrong answers but only
+# 10% and 1% of the right ones, and both runs' guesses on a solid orange
+# square (17% and 55%). A hint, not a test: cnn_baseline calls random noise
+# a frog at 99%.
+LOW_CONFIDENCE = 0.6
+CONFIDENCE_HELP = (f"Low: the best guess has under {LOW_CONFIDENCE:.0%} probability, so the model is unsure "
+                   "and the image may be unlike CIFAR-10's ten classes. High is no guarantee: models can be "
+                   "confidently wrong on odd images.")
+# Spatial spread of pixel values, averaged over R, G, B; the least varied of the
+# 1,794 test pictures the shipped runs store has 10.
+FLAT_IMAGE_STD = 6.0
+
+
+def unlike_cifar(image: np.ndarray) -> str | None:
+    """A one-line warning for a picture no CIFAR-10 photo resembles (nearly one
+    flat colour: pixel spread under FLAT_IMAGE_STD of 255), else None."""
+    if float(np.asarray(image, dtype=np.float32).std(axis=(0, 1)).mean()) < FLAT_IMAGE_STD:
+        return ("This picture is almost one flat colour, unlike any CIFAR-10 photo: every guess below is "
+                "close to meaningless.")
+    return None
+
+
 def prediction_rows(results: dict[str, tuple], true_class: str | None = None) -> pd.DataFrame:
-    """{run label: predict_with_timing's (top-k pairs, probabilities, seconds)}
-    -> one row per model: its best guess and probability, the next two
-    guesses, its time and, when the true class is known, whether it is right."""
+    """{run label: (top-k pairs, probabilities, seconds)} -> one row per model:
+    its best guess and probability, whether that is a confident guess, the
+    next two guesses, its time and, when the true class is known, whether it
+    is right (as Yes / No text)."""
     rows = []
     for label, (top, _probabilities, seconds) in results.items():
         (best, probability), *others = top
-        row = {"Model run": label, "Best guess": best, "Probability": probability}
+        row = {"Model run": label, "Best guess": best, "Probability": probability,
+               "Confidence": "High" if probability >= LOW_CONFIDENCE else "Low (unsure)"}
         if true_class is not None:
-            row["Correct"] = best == true_class
+            row["Correct"] = yes_no(best == true_class)
         row["Time (ms)"] = seconds * 1000
         for rank, (name, p) in zip(("2nd guess", "3rd guess"), others):
             row[rank] = f"{name} {p:.0%}"
@@ -392,56 +502,129 @@ def prediction_rows(results: dict[str, tuple], true_class: str | None = None) ->
     return pd.DataFrame(rows)
 
 
-def pick_random_image(galleries: dict[str, pd.DataFrame], rng: np.random.Generator) -> dict | None:
-    """One random image from the runs' galleries: png, true class and test index."""
-    pool = [gallery for gallery in galleries.values() if not gallery.empty]
-    if not pool:
+def warm_prediction(model, image: np.ndarray, repeats: int = 5) -> tuple:
+    """predict_with_timing's (top-k, probabilities, seconds), with seconds the
+    median of `repeats` calls on a model that has already run once: the
+    steady per-image time, not a first call's tracing or a busy moment."""
+    from cifar.predict import predict_with_timing
+
+    calls = [predict_with_timing(model, image) for _ in range(repeats)]
+    return calls[0][0], calls[0][1], float(np.median([seconds for *_, seconds in calls]))
+
+
+def pick_random_image(gallery: pd.DataFrame, predictions: pd.DataFrame, rng: np.random.Generator) -> dict | None:
+    """A random test image, as the whole test set would give it.
+
+    The run stores every test image's prediction but the pictures of only a
+    sample (its mistakes and a few correct ones per class). So a test image is
+    drawn from all of them, and a stored picture of the same true class with
+    the same outcome (right, or the same wrong class) stands in for it: right
+    and wrong answers come up as often as in the test set.
+    Returns png, true class, test index and whether the run got it right."""
+    if gallery.empty or predictions.empty:
         return None
-    gallery = pool[rng.integers(len(pool))]
-    row = gallery.iloc[rng.integers(len(gallery))]
-    return {"png": bytes(row.png), "true_class": CLASS_NAMES[int(row.true_index)], "index": int(row["index"])}
+    drawn = predictions.iloc[rng.integers(len(predictions))]
+    true, predicted = int(drawn.true_index), int(drawn.pred_index)
+    same = gallery[(gallery.true_index == true) & (gallery.pred_index == predicted)]
+    if same.empty:  # not stored: any picture with the same outcome
+        same = gallery[(gallery.true_index == gallery.pred_index) == (true == predicted)]
+    row = (same if not same.empty else gallery).iloc[rng.integers(len(same) if not same.empty else len(gallery))]
+    return {"png": bytes(row.png), "true_class": CLASS_NAMES[int(row.true_index)], "index": int(row["index"]),
+            "correct": bool(row.true_index == row.pred_index)}
 
 
 # ---------------------------------------------------------------- run details
 
+SETTING_NAMES = {
+    "model": "Model", "epochs": "Epochs asked for", "batch_size": "Batch size", "learning_rate": "Learning rate",
+    "optimizer": "Optimizer", "augment": "Data augmentation", "early_stopping_patience": "Early stopping patience",
+    "label_smoothing": "Label smoothing", "input_size": "Input size (pixels)", "weights": "Starting weights",
+    "init_from_run": "Initialised from run", "data": "Data source", "limit_per_class": "Images per class (subset)",
+    "val_size": "Validation images", "seed": "Seed", "precision": "Precision", "note": "Note",
+    "track_test": "Test accuracy tracked per epoch"}
+
+
 def settings_table(metadata: dict) -> pd.DataFrame:
     """The run's resolved config and summary facts as Setting / Value rows."""
-    config = metadata.get("config") or {}
-    params = metadata.get("params") or {}
-    rows = {**{k.replace("_", " "): v for k, v in config.items()},
-            "parameters (total)": params.get("total"), "parameters (trainable)": params.get("trainable"),
-            "layers": metadata.get("layers"), "epochs run": metadata.get("epochs_run"),
-            "best epoch": metadata.get("best_epoch"), "stopped early": metadata.get("stopped_early"),
+    config = metadata.get("config") if isinstance(metadata.get("config"), dict) else {}
+    params = metadata.get("params") if isinstance(metadata.get("params"), dict) else {}
+    rows = {**{SETTING_NAMES.get(k, k.replace("_", " ").capitalize()): v for k, v in config.items()},
+            "Parameters (total)": params.get("total"), "Parameters (trainable)": params.get("trainable"),
+            "Layers": metadata.get("layers"), "Epochs run": metadata.get("epochs_run"),
+            "Epochs in the recipe": metadata.get("recipe_epochs"),
+            "Best epoch": metadata.get("best_epoch"), "Stopped early": metadata.get("stopped_early"),
             "ImageNet weights": imagenet_text(metadata.get("imagenet_weights")),
-            "initialised from run": metadata.get("init_from_run"),
-            "training time (s)": metadata.get("train_seconds"), "wall time (s)": metadata.get("wall_seconds"),
-            "training speed (images/s)": metadata.get("train_images_per_s"),
-            "study section": metadata.get("study_section"), "recipe": metadata.get("recipe_summary"),
-            "finished at": metadata.get("finished_at")}
+            "Training time": _duration(metadata.get("train_seconds")),
+            "Wall time": _duration(metadata.get("wall_seconds")),
+            "Training speed (images/s)": metadata.get("train_images_per_s"),
+            "Study section": metadata.get("study_section"), "Recipe": metadata.get("recipe_summary"),
+            "Finished at": metadata.get("finished_at")}
     return _as_rows(rows)
 
 
 def environment_table(metadata: dict) -> pd.DataFrame:
-    environment = metadata.get("environment") or {}
+    environment = metadata.get("environment") if isinstance(metadata.get("environment"), dict) else {}
     hardware = environment.get("hardware") or {}
-    rows = {"hardware": hardware.get("label"), "GPUs": ", ".join(hardware.get("gpus") or []) or "none",
-            "keras backend": environment.get("backend"), "git commit": environment.get("git_commit"),
-            "platform": environment.get("platform"),
-            **{f"version of {k}": v for k, v in (environment.get("versions") or {}).items()}}
+    rows = {"Hardware": hardware.get("label"), "GPUs": ", ".join(hardware.get("gpus") or []) or "none",
+            "Keras backend": environment.get("backend"), "Git commit": environment.get("git_commit"),
+            "Platform": environment.get("platform"),
+            **{f"Version of {k}": v for k, v in (environment.get("versions") or {}).items()}}
     return _as_rows(rows)
 
 
 def data_table(metadata: dict) -> pd.DataFrame:
-    data = metadata.get("data") or {}
-    return _as_rows({"source": data.get("source"), "fingerprint": data.get("fingerprint"),
-                     "description": data.get("description"), "training images": data.get("n_train"),
-                     "validation images": data.get("n_val"), "test images": data.get("n_test")})
+    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    return _as_rows({"Source": data.get("source"), "Fingerprint": data.get("fingerprint"),
+                     "Description": data.get("description"), "Training images": data.get("n_train"),
+                     "Validation images": data.get("n_val"), "Test images": data.get("n_test")})
+
+
+HISTORY_NAMES = {"epoch": "Epoch", "accuracy": "Training accuracy", "loss": "Training loss",
+                 "val_accuracy": "Validation accuracy", "val_loss": "Validation loss",
+                 "test_accuracy": "Test accuracy (tracked)", "learning_rate": "Learning rate",
+                 "optimizer_steps": "Optimizer steps", "seconds": "Epoch time (s)",
+                 "train_images_per_s": "Training speed (images/s)",
+                 "train_seconds_total": "Training time so far (s)", "test_seconds": "Test tracking time (s)",
+                 "elapsed_seconds": "Wall time so far (s)"}
+
+
+def history_table(history: pd.DataFrame) -> pd.DataFrame:
+    """The per-epoch table with readable column names (unknown columns keep
+    theirs) and numbers rounded to what a person compares."""
+    seconds = [c for c in history.columns if "seconds" in c]
+    return history.round(4).round({c: 1 for c in seconds}).rename(columns=HISTORY_NAMES)
+
+
+def best_epoch_text(metadata: dict) -> str:
+    """The best epoch, or "—" for a run without a validation split to pick it."""
+    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    best = metadata.get("best_epoch")
+    return "—" if data.get("n_val") == 0 or best is None else str(best)
+
+
+def _duration(seconds) -> str | None:
+    if not isinstance(seconds, (int, float)):
+        return None
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h ({minutes:,.0f} min)"
+
+
+def display_value(value) -> str:
+    """A value as a person reads it: Yes/No, rounded numbers, "—" for nothing."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return yes_no(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
 
 
 def _as_rows(values: dict) -> pd.DataFrame:
     # Values are shown as text: one column may mix numbers, flags and names.
-    return pd.DataFrame({"Setting": list(values),
-                         "Value": ["—" if v is None else str(v) for v in values.values()]})
+    return pd.DataFrame({"Setting": list(values), "Value": [display_value(v) for v in values.values()]})
 
 
 def file_sizes(sizes: dict[str, int]) -> pd.DataFrame:

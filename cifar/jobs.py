@@ -323,10 +323,14 @@ def training_command(job: Job) -> list[str]:
 
 
 def data_source_choices() -> list[str]:
-    """Data sources of earlier runs, newest first, then "keras" (the download)."""
+    """Data sources of earlier runs that exist on this machine, newest first,
+    then "keras" (the download). A run trained elsewhere records a path that
+    may not exist here, or only a file name or a relative path (which depends
+    on the folder the dashboard runs from): it is never offered."""
     seen = []
     for info in reversed(artifacts.list_runs()):
-        source = (info.metadata.get("config") or {}).get("data")
-        if source and source not in seen:
+        config = info.metadata.get("config")
+        source = config.get("data") if isinstance(config, dict) else None
+        if isinstance(source, str) and source not in seen and Path(source).is_absolute() and Path(source).exists():
             seen.append(source)
-    return seen + ([] if "keras" in seen else ["keras"])
+    return seen + ["keras"]

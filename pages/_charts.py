@@ -32,31 +32,51 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 def frontier(measured: pd.DataFrame, cost: str, title: str, study: pd.DataFrame | None = None,
              log_x: bool = True) -> go.Figure:
-    """Accuracy against a cost; the dashed line joins the runs nothing beats."""
+    """Accuracy against a cost; the dashed line joins the full runs nothing beats."""
     fig = go.Figure()
     hover = "%{text}<br>accuracy %{y:.1%}<br>" + cost + " %{x:,.4g}<extra></extra>"
     points = measured.dropna(subset=[cost, dashboard.ACCURACY])
+    study = study.dropna(subset=[cost]) if study is not None else points.iloc[:0]
+    costs = pd.concat([points[cost], study[cost]])
     colours = run_colours(sorted(points[dashboard.MODEL].unique()))
     for model, group in points.groupby(dashboard.MODEL):
-        fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers", name=model,
-                                 text=group[dashboard.RUN], hovertemplate=hover,
+        fig.add_trace(go.Scatter(x=group[cost], y=group[dashboard.ACCURACY], mode="markers+text", name=model,
+                                 text=group[dashboard.RUN], texttemplate=[dashboard.point_label(r)
+                                                                          for r in group[dashboard.RUN]],
+                                 textposition=_label_sides(group[cost], costs),
+                                 textfont=dict(size=11), hovertemplate=hover,
+                                 cliponaxis=False,
                                  marker=dict(size=11, color=colours[model], line=dict(width=1, color="white"))))
-    best = dashboard.pareto_frontier(points, cost)
+    full = points[~points["partial"].fillna(False).astype(bool)] if "partial" in points else points
+    best = dashboard.pareto_frontier(full, cost)  # a run that trained less is trivially cheaper
     if len(best) > 1:
         fig.add_trace(go.Scatter(x=best[cost], y=best[dashboard.ACCURACY], mode="lines", name="Best trade-off",
                                  line=dict(color="#444", dash="dash", width=1.5), hoverinfo="skip"))
-    study = study.dropna(subset=[cost]) if study is not None else points.iloc[:0]
     if not study.empty:
         fig.add_trace(go.Scatter(x=study[cost], y=study[dashboard.ACCURACY], mode="markers",
                                  name="Published study (reference)", text=study[dashboard.RUN], hovertemplate=hover,
                                  marker=dict(symbol="diamond-open", size=11, color=STUDY_COLOUR, line=dict(width=2))))
     fig.update_layout(title=title, xaxis_title=cost, yaxis_title="Test accuracy", yaxis_tickformat=".0%",
                       height=420, **_LAYOUT)
-    costs = pd.concat([points[cost], study[cost]])
-    if log_x and len(costs):
+    # A log axis only when the costs span more than a factor of ten; otherwise
+    # it would show one or two ticks, and a plain axis reads better.
+    if log_x and len(costs) and costs.min() > 0 and costs.max() / costs.min() > 10:
         ticks = _log_ticks(costs.min(), costs.max())
         fig.update_xaxes(type="log", tickvals=ticks, ticktext=[_short_number(t) for t in ticks])
+    elif len(costs):
+        # From zero, with room on the right for the last point's label.
+        fig.update_xaxes(range=[0, costs.max() * 1.25], nticks=8, tickformat="~s" if costs.max() >= 1000 else "")
     return fig
+
+
+def _label_sides(xs: pd.Series, every_x: pd.Series) -> list[str]:
+    """Point labels lean away from the nearer edge of the chart, so none runs
+    off it or over the axis (a lone point's label is centred)."""
+    low, high = every_x.min(), every_x.max()
+    if low == high:
+        return ["top center"] * len(xs)
+    middle = (low * high) ** 0.5 if low > 0 and high / low > 10 else (low + high) / 2
+    return ["top left" if x > middle else "top right" for x in xs]
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
@@ -87,8 +107,9 @@ def curves(long: pd.DataFrame, best: pd.DataFrame, colours: dict[str, str], y_ti
         train = group[group.split == "Training"]
         for split, frame in group.groupby("split", sort=False):
             fill = "tonexty" if shade_gap and split == "Validation" and not train.empty else None
-            fig.add_trace(go.Scatter(
-                x=frame.x, y=frame.value, mode="lines", name=f"{run} — {split.lower()}",
+            fig.add_trace(go.Scatter(  # one epoch is a point, not an invisible line
+                x=frame.x, y=frame.value, mode="lines" if len(frame) > 1 else "markers",
+                name=f"{run} — {split.lower()}",
                 legendgroup=run, line=dict(color=colour, width=2, dash=_DASHES.get(split, "solid")),
                 fill=fill, fillcolor=_rgba(colour, 0.12),
                 hovertemplate=f"{run}<br>{split}: %{{y:.4g}}<extra></extra>"))
@@ -99,7 +120,9 @@ def curves(long: pd.DataFrame, best: pd.DataFrame, colours: dict[str, str], y_ti
                                              line=dict(width=1, color="black")),
                                  text=best.run, customdata=best.epoch,
                                  hovertemplate="%{text}<br>best epoch %{customdata}<extra></extra>"))
-    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=480, hovermode="closest", **_LAYOUT)
+    # showlegend: plotly hides the legend of a single trace, which leaves a lone run unnamed.
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=480, hovermode="closest",
+                      showlegend=True, **_LAYOUT)
     if y_title == "Accuracy":
         fig.update_yaxes(tickformat=".0%")
     if y_title == "Learning rate":
@@ -111,9 +134,7 @@ def heatmap(matrix: pd.DataFrame, title: str, normalized: bool, better: pd.DataF
     """A confusion matrix; with `better` (a signed difference), cells are
     coloured blue where the change helps and red where it hurts."""
     values = matrix.to_numpy()
-    shown = "{:+.0%}" if better is not None and normalized else "{:+d}" if better is not None else \
-        "{:.0%}" if normalized else "{:d}"
-    text = [[shown.format(v) if abs(v) >= (0.005 if normalized else 1) else "" for v in row] for row in values]
+    text = [[dashboard.cell_text(v, normalized, signed=better is not None) for v in row] for row in values]
     if better is None:
         colour = dict(z=values, colorscale="Blues")
     else:

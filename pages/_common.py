@@ -1,10 +1,12 @@
 """What every page shares: cached reads of the artifacts, the run selection
 kept in the URL, and the messages for empty, broken and failing states.
 
-Tables are cached with `st.cache_data` keyed on what changed on disk: the
-run list on `artifacts.runs_signature()`, a run's tables on its own folder's
-modification time (a published run never changes, so a new run does not
-evict the others). Models are cached with `st.cache_resource`.
+Reads are cached keyed on what changed on disk: the run list (checked
+against the schema, with every run's metrics) on `artifacts.runs_signature()`,
+shared read-only with `st.cache_resource` as every rerun asks for it many
+times; a run's tables with `st.cache_data` on its own folder's modification
+time (a published run never changes, so a new run does not evict the
+others). Models are cached with `st.cache_resource`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cifar import IMAGE_SHAPE, artifacts, dashboard, predict, streamlit_compat
+from cifar import IMAGE_SHAPE, artifacts, dashboard, predict, run_marks, streamlit_compat
 from cifar.errors import CifarError
 
 SELECTION_KEY = "selected_runs"
@@ -33,13 +35,14 @@ def _on_disk() -> tuple[str, int]:
     return str(artifacts.root()), hash(artifacts.runs_signature())
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple[str, str]], dict[str, dict]]:
     """Readable runs, skipped folders with their reasons, and each run's
     metrics row. Listing checks each run against its schema; its metrics are
     read (and so checksummed) here too, so a run whose metrics changed since
     publication is skipped with the others, on every page, not only where
-    its table is shown."""
+    its table is shown. Shared, not copied (a page asks for it a dozen times
+    per rerun): callers only read it."""
     runs, skipped = artifacts.scan_runs()
     listed, reasons, metrics = [], [(s.name, s.reason) for s in skipped], {}
     for run in runs:
@@ -53,19 +56,32 @@ def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple
 
 def runs() -> list[tuple[str, dict]]:
     """(run id, metadata) of every readable run, oldest first."""
-    return _scan(*_on_disk())[0]
+    return list(_scan(*_on_disk())[0])
 
 
 def skipped() -> list[tuple[str, str]]:
-    return _scan(*_on_disk())[1]
+    return list(_scan(*_on_disk())[1])
 
 
 def metadata(run_id: str) -> dict:
     return dict(runs()).get(run_id, {})
 
 
+def marks() -> run_marks.Marks:
+    """The team's reference and hidden marks (a small file, read on every rerun
+    so a mark made in one session shows in every other)."""
+    return run_marks.read_marks()
+
+
+def visible_runs() -> list[tuple[str, dict]]:
+    """The runs the team has not hidden, oldest first."""
+    hidden = marks().hidden
+    return [(run_id, meta) for run_id, meta in runs() if run_id not in hidden]
+
+
 def labels() -> dict[str, str]:
-    return {run_id: dashboard.run_label(run_id, meta) for run_id, meta in runs()}
+    reference = marks().reference
+    return {run_id: dashboard.run_label(run_id, meta, run_id in reference) for run_id, meta in runs()}
 
 
 @st.cache_data(show_spinner=False, max_entries=400)
@@ -96,13 +112,14 @@ def tables(run_ids: list[str], name: str) -> dict[str, pd.DataFrame]:
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def _comparison(root: str, signature: int) -> pd.DataFrame:
+def _comparison(root: str, signature: int, reference: frozenset) -> pd.DataFrame:
     listed, _, metrics = _scan(root, signature)
-    return dashboard.comparison_table(listed, metrics)
+    return dashboard.comparison_table(listed, metrics, reference)
 
 
 def comparison() -> pd.DataFrame:
-    return _comparison(*_on_disk())
+    """Every run (hidden ones too) as a row of the Models table."""
+    return _comparison(*_on_disk(), marks().reference)
 
 
 @st.cache_data(show_spinner=False)
@@ -156,22 +173,49 @@ def selected() -> list[str]:
 def selection_sidebar() -> None:
     """The run picker every page shares, mirrored into the URL (?run=ID&run=ID)
     so that a copied link reopens the same comparison."""
-    listed = runs()
-    ids = [run_id for run_id, _ in listed]
+    every = [run_id for run_id, _ in runs()]
+    current = marks()
     if SELECTION_KEY not in st.session_state:
-        from_url = [r for r in st.query_params.get_all(URL_PARAM) if r in ids]
-        st.session_state[SELECTION_KEY] = from_url or dashboard.default_selection(listed)
+        # A copied link may name a hidden run: it still opens what was shared.
+        from_url = [r for r in st.query_params.get_all(URL_PARAM) if r in every]
+        st.session_state[SELECTION_KEY] = from_url or dashboard.default_selection(
+            runs(), current.reference, current.hidden)
     else:  # a run deleted since the last rerun drops out quietly
-        st.session_state[SELECTION_KEY] = [r for r in st.session_state[SELECTION_KEY] if r in ids]
+        st.session_state[SELECTION_KEY] = [r for r in st.session_state[SELECTION_KEY] if r in every]
+    ids = [run_id for run_id, _ in visible_runs()]
+    ids += [run_id for run_id in selected() if run_id not in ids]
     names = labels()
     st.sidebar.multiselect("Runs to compare", ids, key=SELECTION_KEY, format_func=lambda r: names.get(r, r),
                            placeholder="Choose runs", help="Shared by every page and kept in the page address, "
                            "so a copied link opens the same comparison.")
-    st.sidebar.caption(f"{len(ids)} runs on disk · {len(selected())} selected")
+    hidden = len(every) - len(visible_runs())
+    st.sidebar.caption(f"{len(every)} runs on disk{f' ({hidden} hidden)' if hidden else ''} · "
+                       f"{len(selected())} selected{' · ★ reference run' if current.reference else ''}")
     if selected():
         st.query_params[URL_PARAM] = selected()
     elif URL_PARAM in st.query_params:
         del st.query_params[URL_PARAM]
+
+
+def run_in_url(key: str, options: list, default=None):
+    """Seed the run picker `key` from ?key=RUN_ID on the page's first run, then
+    mirror its choice back, so a copied link reopens the same run. (Streamlit's
+    own bind="query-params" would write the run's label, which changes when the
+    run is marked; the id never does.) Use with the widget's key=`key`."""
+    if key not in st.session_state:
+        raw = st.query_params.get(key)
+        wanted = None if raw == "none" else raw  # "none": the link chose no run here
+        st.session_state[key] = wanted if raw is not None and wanted in options else default
+    elif st.session_state[key] not in options:
+        st.session_state[key] = default
+
+
+def keep_in_url(key: str, value, default=None) -> None:
+    """Write a picker's run id to the address (none when it is the default)."""
+    if value is None or value == default:
+        st.query_params.pop(key, None)
+    else:
+        st.query_params[key] = value
 
 
 def skipped_notice(expanded: bool) -> None:

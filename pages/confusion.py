@@ -5,28 +5,32 @@ behind them, and per-class scores. Only the open tab is computed."""
 import streamlit as st
 
 from cifar import CLASS_NAMES, dashboard as d
-from pages import _charts, _common
+from pages import _charts, _common, _explain
 
-PERCENT = st.column_config.NumberColumn(format="percent")
+PERCENT = "{:.1%}"  # one decimal everywhere (Streamlit's "percent" drops trailing zeros: 13% beside 12.45%)
 SCORES = {"f1": "F1", "precision": "Precision", "recall": "Recall"}
 
 _common.start_page("Confusion")
 run_ids = _common.require_selection()
 names = _common.labels()
 confusions = _common.tables(run_ids, "confusion")
-ids_by_label = {names[r]: r for r in run_ids}
-shown = list(confusions)
+shown = [r for r in run_ids if names[r] in confusions]  # run ids, so a copied link names the runs
 if not shown:
     st.stop()
 
 pick_first, pick_second, pick_scale = st.columns([3, 3, 2], vertical_alignment="bottom")
-first = pick_first.selectbox("Run", shown)
-others = [label for label in shown if label != first]
-second = pick_second.selectbox("Compare with", [None, *others], index=1 if others else 0,
-                               format_func=lambda label: "No second run" if label is None else label)
-normalized = pick_scale.toggle("Share of each true class", value=True,
+_common.run_in_url("first", shown, shown[0])
+first_id = pick_first.selectbox("Run", shown, format_func=names.get, key="first")
+others = [r for r in shown if r != first_id]
+_common.run_in_url("second", [None, *others], others[0] if others else None)
+second_id = pick_second.selectbox("Compare with", [None, *others], key="second", placeholder="No second run",
+                                  format_func=lambda r: "No second run" if r is None else names[r])
+_common.keep_in_url("first", first_id, shown[0])
+_common.keep_in_url("second", second_id or "none", others[0] if others else "none")
+normalized = pick_scale.toggle("Share of each true class", value=True, key="share", bind="query-params",
                                help="On: each row shows how that class's test images were predicted, in %. "
                                     "Off: image counts.")
+first, second = names[first_id], names.get(second_id)
 matrices, cat_dog_tab, mistakes, per_class_tab = st.tabs(
     ["Matrices", "Cat versus dog", "Most-confused pairs", "Per-class scores"],
     key="confusion_view", bind="query-params")  # only the open tab is computed and drawn
@@ -48,8 +52,8 @@ if matrices.open:
 
 if cat_dog_tab.open:
     cat_dog = d.cat_dog_table(confusions)
-    cat_dog_tab.dataframe(cat_dog, hide_index=True,
-                          column_config={"Share of cats": PERCENT, "Share of dogs": PERCENT})
+    cat_dog_tab.dataframe(cat_dog.style.format({"Share of cats": PERCENT, "Share of dogs": PERCENT}, na_rep="—"),
+                          hide_index=True)
     cat_dog_tab.plotly_chart(_charts.cat_dog(cat_dog), width="stretch")
 
 if mistakes.open:
@@ -61,8 +65,8 @@ if mistakes.open:
             st.session_state.true_class = pairs["True class"].iloc[rows[0]]
             st.session_state.predicted_class = pairs["Predicted as"].iloc[rows[0]]
 
-    mistakes.dataframe(pairs, hide_index=True, key="pairs", on_select=show_pair_images,
-                       selection_mode="single-row", column_config={"Average share of true class": PERCENT})
+    mistakes.dataframe(pairs.style.format({"Average share of true class": PERCENT}), hide_index=True, key="pairs",
+                       on_select=show_pair_images, selection_mode="single-row")
     mistakes.caption("Ranked by the share of the true class sent to the wrong class, averaged over the selected "
                      "runs; the other columns count images per run. Select a row to see its images below.")
     mistakes.subheader(f"Test images behind a mistake, from {first}")
@@ -71,7 +75,6 @@ if mistakes.open:
                                      bind="query-params")
     predicted_class = pick_predicted.selectbox("Predicted as", CLASS_NAMES, index=d.DOG, key="predicted_class",
                                                bind="query-params")
-    first_id = ids_by_label[first]
     images = d.gallery_for_pair(_common.table(first_id, "gallery"), _common.table(first_id, "predictions"),
                                 CLASS_NAMES.index(true_class), CLASS_NAMES.index(predicted_class))
     in_test = int(d.confusion_matrix(confusions[first]).loc[true_class, predicted_class])
@@ -83,15 +86,14 @@ if mistakes.open:
                          "three most likely classes.")
         for start in range(0, len(images), 8):
             for cell, row in zip(mistakes.columns(8), images.iloc[start:start + 8].itertuples()):
-                cell.image(d.enlarge_png(row.png), caption=row.caption, width="stretch")
+                _explain.gallery_image(cell, first_id, images, row)
 
 if per_class_tab.open:
     score = per_class_tab.segmented_control("Score", list(SCORES), format_func=SCORES.get, default="f1",
                                             required=True, key="score", bind="query-params")
     per_class = d.per_class_comparison(_common.tables(run_ids, "per_class"), score)
     runs_shown = per_class.columns.drop("Class")
-    table_side, chart_side = per_class_tab.columns([2, 3])
-    table_side.dataframe(per_class, hide_index=True,
-                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in runs_shown})
-    chart_side.plotly_chart(_charts.per_class(per_class, SCORES[score], _charts.run_colours(runs_shown)),
-                            width="stretch")
+    per_class_tab.plotly_chart(_charts.per_class(per_class, SCORES[score], _charts.run_colours(runs_shown)),
+                               width="stretch")
+    per_class_tab.dataframe(per_class, hide_index=True, width="stretch",
+                            column_config={c: st.column_config.NumberColumn(format="%.3f") for c in runs_shown})

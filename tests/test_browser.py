@@ -142,6 +142,8 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.get_by_role("heading", name="red.png")).to_be_visible()
         page.get_by_role("button", name="Draw a random test image").click()
         expect(page.get_by_role("heading", name="Random test image")).to_be_visible()
+        expect(page.get_by_text("Drawn from the whole test set of")).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]')).to_have_count(2)  # both images' predictions
         page.wait_for_function(PAGE_IDLE, timeout=60_000)
         shoot(page, shots, "predict")
 
@@ -149,4 +151,8 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.get_by_text("Test accuracy").filter(visible=True).first).to_be_visible()
         expect(page.get_by_role("tab", name="Files and downloads")).to_be_visible()
         shoot(page, shots, "run_details")
+
+        go_to(page, "Robustness")
+        expect(page.get_by_role("heading", name="What the corruptions look like")).to_be_visible()
+        shoot(page, shots, "robustness")
         browser.close()

@@ -41,6 +41,7 @@ def test_train_publishes_a_complete_readable_run_that_cannot_be_resumed(tiny_dat
     meta = run["metadata"]
     assert meta["config"] == config.to_dict()
     assert meta["epochs_run"] == 2 and meta["params"]["total"] == 2_196_810
+    assert meta["recipe_epochs"] == 15  # so the dashboard can label it a short run (and a subset one)
     assert meta["imagenet_weights"] is None and meta["data"]["n_train"] == 30
     assert meta["environment"]["backend"] == "tensorflow" and meta["environment"]["hardware"]["cores"] >= 1
     assert list(run["history"].epoch) == [1, 2]

@@ -193,7 +193,7 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
     """Write and publish one run of registry model `model`; returns its id,
     confusion counts and metadata. `seed` varies the simulated results;
     `config_seed` is the --seed the run records; `epochs` is how many it ran
-    (default: the recipe's, at most 20)."""
+    of the recipe's (default: all of them; fewer: it stopped early)."""
     from cifar.config import resolve_config
     from cifar.evaluate import evaluation_tables
     from cifar.models import REGISTRY, get_spec
@@ -209,10 +209,10 @@ def make_run(model: str = "cnn_baseline", *, seed: int = 0, n_test: int = 200, a
         settings = {"init_from_run": donors[-1] if donors else make_run(
             spec.init_from, seed=seed, n_test=n_test, imagenet_weights=imagenet_weights,
             minutes_after_start=minutes_after_start - 1, hardware=hardware, config_seed=config_seed).run_id}
-    # Planned: `epochs`, else the recipe's; a run of fewer than planned stopped early.
-    config = resolve_config(model, epochs=epochs, data=SAMPLE_DATA["source"], seed=config_seed,
-                            precision=precision, note=note, **settings)
-    epochs_run = epochs or min(config.epochs, 20)
+    # Planned: the recipe's epochs; a run of fewer (`epochs`) stopped early.
+    config = resolve_config(model, data=SAMPLE_DATA["source"], seed=config_seed, precision=precision,
+                            note=note, **settings)
+    epochs_run = min(epochs or config.epochs, config.epochs)
 
     truth, predicted = simulate_predictions(DEFAULT_ACCURACY if accuracy is None else accuracy, n_test, rng)
     latency_ms = 1.5 + params / 2e6

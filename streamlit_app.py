@@ -20,6 +20,7 @@ pages = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
     st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
     st.Page("pages/run_details.py", title="Run details", icon=":material/description:"),
+    st.Page("pages/robustness.py", title="Robustness", icon=":material/blur_on:"),
 ]
 if (Path(__file__).parent / "pages" / "retrain.py").exists():
     pages.append(st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"))

@@ -5,7 +5,7 @@
 cnn_regularized trained at 255 images/s on an H200 with JAX, and 30,000
 without its augmentation layers, before `allow_jit_on_jax` (BENCHMARKS).
 This times each layer of the registry's augmentation block
-(`cifar.models._augmentation`: RandomRotation, RandomFlip, RandomTranslation)
+(`cifar.models.study_augmentation`: RandomRotation, RandomFlip, RandomTranslation)
 and the whole block the way training runs them: inside a compiled
 `train_on_batch` of a tiny model (layer -> global average pooling ->
 Dense(10)), against the same model with no augmentation: as Keras compiles it
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cifar.models import _augmentation, allow_jit_on_jax  # noqa: E402
+from cifar.models import allow_jit_on_jax, study_augmentation  # noqa: E402
 
 
 def time_layer(layer: keras.layers.Layer | None, x: np.ndarray, y: np.ndarray, steps: int,
@@ -64,10 +64,10 @@ def main(argv=None) -> int:
     variants = [False, True] if keras.backend.backend() == "jax" else [False]
     base = time_layer(None, x, y, args.steps, allow_jit=False)
     print(f"  {'no augmentation':<40} {base:8.2f} ms/batch")
-    count = len(_augmentation().layers)
+    count = len(study_augmentation().layers)
     for index in list(range(count)) + [None]:  # each layer alone (a fresh block each time), then all
         for allow_jit in variants:
-            block = _augmentation(seed=0)
+            block = study_augmentation(seed=0)
             layer = block if index is None else block.layers[index]
             name = ("whole block" if index is None else layer.__class__.__name__) + \
                 (", allow_jit_on_jax" if allow_jit else ", Keras default")

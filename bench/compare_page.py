@@ -2,7 +2,7 @@
 
     python -m bench.compare_page [--runs 2 10] [--rounds 5] [--images 10000]
 
-Writes fixture runs (tests/fixture_runs.py, `--images` test images each)
+Writes sample runs (cifar/sample_runs.py, `--images` test images each)
 under a temporary artifacts root, opens the Compare page with Streamlit's
 AppTest (the script alone, no browser) and times each tab: the first visit
 (table caches cold, imports done) and the median of `--rounds` later reruns
@@ -43,7 +43,8 @@ def measure(count: int, rounds: int, images: int) -> dict[str, tuple]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from tests.fixture_runs import clear_runs, make_many_runs, past_first_request
+    from cifar.browser import past_first_request
+    from cifar.sample_runs import clear_runs, make_many_runs
 
     clear_runs()
     run_ids = [run.run_id for run in make_many_runs(count, n_test=images)]

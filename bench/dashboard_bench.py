@@ -2,7 +2,7 @@
 
     python -m bench.dashboard_bench [--runs 50] [--rounds 5] [--cold-rounds 3] [--root DIR]
 
-Writes `--runs` fixture runs (tests/fixture_runs.py; 10,000 test images
+Writes `--runs` sample runs (cifar/sample_runs.py; 10,000 test images
 each, so tables have their real sizes) under a temporary artifacts root, or
 reuses DIR. Then, with headless Chromium already open, it times:
 
@@ -16,7 +16,7 @@ reuses DIR. Then, with headless Chromium already open, it times:
   again (from the click on its chip), on the Learning curves page, until
   the page is drawn again.
 
-"Drawn" is tests/fixture_runs.PAGE_IDLE: no script running, no stale
+"Drawn" is cifar.browser.PAGE_IDLE: no script running, no stale
 element, every chart's SVG and every image in place.
 
 Two more figures make those readable on a shared machine: the same cold
@@ -42,8 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.fixture_runs import (CHROMIUM, CHROMIUM_ARGS, PAGE_IDLE, free_port, make_many_runs, open_when_up,
-                                streamlit_server)
+from cifar import artifacts
+from cifar.browser import CHROMIUM, CHROMIUM_ARGS, PAGE_IDLE, free_port, open_when_up, streamlit_server
+from cifar.sample_runs import make_many_runs
 
 PAGES = ["Learning curves", "Confusion", "Predict", "Run details", "Models"]
 
@@ -117,9 +118,10 @@ def change_selection(page, rounds: int, addable: list[str]) -> list[float]:
     selected = int(sidebar.get_by_text(" selected").inner_text().split("·")[1].split()[0])
     timings = []
     for run_id in addable[:rounds]:
+        suffix = artifacts.parse_run_id(run_id).suffix
         picker.click()
-        page.keyboard.type(run_id[-4:])
-        option = page.get_by_role("option", name=f"· {run_id[-4:]} ·")  # once the menu has filtered
+        page.keyboard.type(suffix)
+        option = page.get_by_role("option", name=f"· {suffix} ·")  # once the menu has filtered
         label = option.inner_text()
         option.click()
         # The picker sends its value when its menu closes: the clock starts there.
@@ -156,8 +158,8 @@ def script_seconds(rounds: int) -> dict[str, float]:
     """Median script time of each page on the server alone (AppTest, warm caches)."""
     from streamlit.testing.v1 import AppTest
 
+    from cifar.browser import REPO
     from cifar.streamlit_compat import every_request_a_later_one
-    from tests.fixture_runs import REPO
 
     files = {"Models": "pages/models.py", "Learning curves": "pages/curves.py",
              "Confusion": "pages/confusion.py", "Predict": "pages/predict.py",
@@ -188,11 +190,11 @@ def main() -> None:
 
     root = Path(args.root or tempfile.mkdtemp(prefix="dashboard-bench-"))
     os.environ["CIFAR_ARTIFACTS"] = str(root)
-    if not (root / "runs").is_dir():
+    if not artifacts.runs_dir().is_dir():
         started = time.perf_counter()
         make_many_runs(args.runs)
         print(f"wrote {args.runs} runs under {root} in {time.perf_counter() - started:.0f} s")
-    print(f"{len(list((root / 'runs').iterdir()))} runs under {root}; {os.cpu_count()} CPU cores")
+    print(f"{len(artifacts.list_runs())} runs under {root}; {os.cpu_count()} CPU cores")
 
     scripts = script_seconds(args.rounds)  # before Playwright: its event loop slows AppTest down
 
@@ -204,7 +206,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
         cold_start(page, free_port(), root / "streamlit.log", stack)
         switches = switch_pages(page, args.rounds)
-        oldest = sorted(p.name for p in (root / "runs").iterdir())  # the default selection is the newest
+        oldest = [run.run_id for run in artifacts.list_runs()]  # the default selection is the newest
         selections = change_selection(page, args.rounds, oldest)
         stack.close()
         floor_switches = hello_switches(browser, args.rounds, hello, root / "hello.log")

@@ -30,16 +30,7 @@ import numpy as np  # noqa: E402
 
 from cifar.environment import hardware  # noqa: E402
 from cifar.evaluate import measure_throughput, single_image_latency_ms  # noqa: E402
-from cifar.models import REGISTRY, build_model, count_params, get_spec  # noqa: E402
-
-
-def _all_layers(model: keras.Model):
-    """Every layer, inside nested models (the VGG16/ResNet50 bases) too."""
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
+from cifar.models import REGISTRY, build_model, count_params, get_spec, leaf_layers  # noqa: E402
 
 
 def forward_gflops(model: keras.Model) -> float:
@@ -47,7 +38,7 @@ def forward_gflops(model: keras.Model) -> float:
     view: fast_cnn's test-time augmentation runs six). Sets a floor on what any
     implementation needs: training costs about three forward passes."""
     macs = 0
-    for layer in _all_layers(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
             kh, kw, cin, cout = layer.kernel.shape
             _, h, w, _ = layer.output.shape

@@ -17,8 +17,9 @@ For each run, one point per epoch:
   (held-out training images, never seen in training);
 plus the run's final test accuracy (the shipped model, with fast_cnn's
 test-time augmentation) at the end of its training. The legend names each run
-by model, seed and run-id suffix; `--label RUN_ID=TEXT` adds what the run
-itself does not record (which recipe version it trained, say).
+as the dashboard does (model, run-id suffix, start time), with its seed and
+epochs; `--label RUN_ID=TEXT` adds what the run itself does not record (which
+recipe version it trained, say).
 
 Writes OUT.csv (every plotted point) and OUT.png (the chart, drawn by
 headless Chromium through Playwright: test-only packages, see
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -42,9 +42,9 @@ import plotly.graph_objects as go
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar import artifacts  # noqa: E402
+from cifar.browser import save_figure_png  # noqa: E402
 from cifar.errors import RunError  # noqa: E402
-from cifar.dashboard import training_seconds  # noqa: E402
-from tests.fixture_runs import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser the tests use)
+from cifar.dashboard import run_label, training_seconds  # noqa: E402
 
 DEFAULT_MODELS = ("fast_cnn", "cnn_regularized", "cnn_baseline")
 FINAL = "test, final model"  # the `measure` of a run's last point: its shipped model
@@ -109,12 +109,13 @@ def time_to_cell(points: pd.DataFrame, threshold: float) -> str:
     return duration(first.train_minutes) + (" (final model)" if first.measure == FINAL else "")
 
 
-def run_label(run: pd.DataFrame, extra: str | None = None) -> str:
-    """Legend name of one run: model, seed, what --label adds, and the run id's suffix."""
+def legend_name(run: pd.DataFrame, extra: str | None = None) -> str:
+    """Legend name of one run: the dashboard's label of it (model, run-id suffix,
+    start time), then its seed, what --label adds and its epochs."""
     first = run.iloc[0]
-    seed = "" if pd.isna(first.seed) else f" seed {int(first.seed)}"
+    seed = "" if pd.isna(first.seed) else f" · seed {int(first.seed)}"
     extra = f", {extra}" if extra else ""
-    return f"{first.model}{seed}{extra} (-{first.run_id.rsplit('-', 1)[-1]}, {run.epoch.max()} epochs)"
+    return f"{run_label(first.run_id, {'model': first.model})}{seed}{extra} · {run.epoch.max()} epochs"
 
 
 def setting(points: pd.DataFrame) -> str:
@@ -129,7 +130,7 @@ def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str]
     mixed_precision = points.precision.nunique() > 1  # then each legend entry says its own
     for (run_id, run), colour in zip(points.groupby("run_id", sort=False), PALETTE * 10):
         extra = [(labels or {}).get(run_id)] + ([run.precision.iloc[0]] if mixed_precision else [])
-        label = run_label(run, ", ".join(filter(None, extra)) or None)
+        label = legend_name(run, ", ".join(filter(None, extra)) or None)
         curve = run[run.measure != FINAL]
         final = run[run.measure == FINAL]
         fig.add_trace(go.Scatter(x=curve.train_minutes * scale, y=curve.accuracy, mode="lines+markers",
@@ -148,20 +149,6 @@ def figure(points: pd.DataFrame, thresholds: list[float], labels: dict[str, str]
                       width=1100, height=660 + 50 * points.run_id.nunique(),
                       legend=dict(x=0, y=-0.12, xanchor="left", yanchor="top"))
     return fig
-
-
-def save_png(fig: go.Figure, path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-    with tempfile.TemporaryDirectory() as tmp:
-        html = Path(tmp) / "chart.html"
-        fig.write_html(html, include_plotlyjs=True, full_html=True)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1120, "height": 1400})
-            page.goto(html.as_uri())
-            page.wait_for_selector(".main-svg")
-            page.locator(".plotly-graph-div").screenshot(path=path)
-            browser.close()
 
 
 def main() -> None:
@@ -187,7 +174,7 @@ def main() -> None:
         sys.exit(f"error: {error}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     points.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
-    save_png(figure(points, args.thresholds, labels), args.out.with_suffix(".png"))
+    save_figure_png(figure(points, args.thresholds, labels), args.out.with_suffix(".png"))
 
     print("| run | model | epochs | " + " | ".join(f"to {t:.0%}" for t in args.thresholds)
           + " | final test acc | training time |")

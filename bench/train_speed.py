@@ -1,13 +1,19 @@
 """Training speed per model, and the share of time the input pipeline costs.
 
-For each model it times N training steps two ways, after a warm-up,
-alternating them `--repeats` times and keeping the best of each:
+For each model it times N training steps two ways, after a warm-up, one
+after the other in each of `--repeats` rounds:
   pipeline: exactly what `cifar.train` does per epoch: the model's per-epoch
             data augmentation if it has one (fast_cnn), a seeded permutation
             of the uint8 arrays, then `model.fit(..., shuffle=False)`;
   compute:  `train_on_batch` on one batch already converted to a tensor,
             i.e. training with the input pipeline taken away.
-pipeline share = 1 - compute_time / pipeline_time (negative means noise).
+Images/s are the best round of each (the least disturbed on a shared
+machine). The pipeline share is 1 - compute_time / pipeline_time within each
+round, whose two measurements see the same machine load, and its median over
+the rounds (negative means noise); one round's share is only as good as the
+machine is quiet. (This replaces bench/pipeline_share.py, which interleaved
+the same two measurements for cnn_baseline, plus two other ways of feeding
+that training does not use.)
 
 Usage (from the repository root):
   python bench/train_speed.py --models cnn_baseline cnn_regularized --steps 60
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,10 +68,10 @@ def measure(name: str, steps: int, precision: str, input_size: int | None, batch
     yb = keras.ops.convert_to_tensor(y[:config.batch_size])
     model.train_on_batch(xb, yb)
 
-    # Alternate the two measurements and keep each one's best of `repeats`:
-    # on a shared 2-core machine the spread between repeats is larger than
-    # the pipeline's cost, and the minimum is the least disturbed figure.
-    pipeline, compute = [], []
+    # Alternate the two measurements: on a shared 2-core machine the spread
+    # between rounds is larger than the pipeline's cost, so speeds keep each
+    # one's best round, and the share compares the two within a round.
+    pipeline, compute = [], []  # seconds of each round
     for repeat in range(repeats):
         start = time.perf_counter()
         images = spec.epoch_augment(x, repeat, 0) if spec.epoch_augment and config.augment else x
@@ -75,12 +82,13 @@ def measure(name: str, steps: int, precision: str, input_size: int | None, batch
         for _ in range(steps):
             model.train_on_batch(xb, yb)
         compute.append(time.perf_counter() - start)
-    pipeline, compute = min(pipeline), min(compute)
+    shares = [1 - c / p for p, c in zip(pipeline, compute)]
     return {"model": name, "precision": precision, "batch_size": config.batch_size,
             "input_size": config.input_size, "augment": config.augment, "steps": steps, "repeats": repeats,
-            "train_images_per_s": round(n / pipeline, 1),
-            "compute_only_images_per_s": round(n / compute, 1),
-            "pipeline_share": round(1 - compute / pipeline, 3),
+            "train_images_per_s": round(n / min(pipeline), 1),
+            "compute_only_images_per_s": round(n / min(compute), 1),
+            "pipeline_share": round(statistics.median(shares), 3),
+            "pipeline_share_rounds": [round(share, 3) for share in shares],
             "backend": keras.backend.backend(), "machine": hardware()["label"],
             "date": time.strftime("%Y-%m-%d")}
 
@@ -92,7 +100,8 @@ def main() -> None:
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--input-size", type=int, default=None, help="transfer models (default 224)")
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating repeats; the best of each is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of both measurements: best images/s, median pipeline share")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="without the recipe's augmentation (default: the recipe's setting)")
     parser.add_argument("--out", type=Path, help="append JSON lines here")

@@ -12,8 +12,16 @@ Layout (schema version SCHEMA_VERSION, documented in docs/ARTIFACTS.md):
         gallery.parquet          misclassified (and a few correct) test images
         model.keras              the trained model, no optimizer state
         manifest.json            sha256 and size of every file above
-    <root>/work/<run_id>/        a run in progress (checkpoints, progress.json)
-    <root>/.staging/             where a finished run is assembled
+        val_predictions.parquet  optional: the validation split's predictions (Compare page)
+        robustness.parquet       optional, added later: accuracy under corruptions
+    <root>/work/<run_id>/        a run in progress
+        config.json              the run's RunConfig, written before training starts
+        state.json               completed epochs, history, which checkpoint is current
+        checkpoint-NNNN.keras    the model with optimizer state after epoch NNNN
+        best-NNNN.weights.h5     weights of the best epoch so far (early stopping)
+        progress.json            live progress for other processes (cifar.progress)
+        lock                     held by the one process training the run
+    <root>/.staging/<run_id>.<host>-<pid>.<hex>/   where a finished run is assembled
     <root>/jobs/                 the local job queue: jobs.sqlite, worker.lock,
                                  worker.log, logs/job-<id>.log and .exit
     <root>/run_marks.json        the team's marks: reference and hidden runs
@@ -39,12 +47,16 @@ import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
 from cifar import run_schema
+from cifar.atomic import atomic_file
 from cifar.errors import RunError
 
 SCHEMA_VERSION = 1
@@ -53,11 +65,20 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 MANIFEST_FILE = "manifest.json"
 # Tables a run may lack (runs from before they existed still read): see docs/ARTIFACTS.md.
-OPTIONAL_TABLES = ("val_predictions",)
-run_schema.register_table(run_schema.TableSchema(  # the validation split's predictions, as evaluate writes them
-    "val_predictions", run_schema.TABLE_SCHEMAS["predictions"].columns, required=False))
+# Optional tables (val_predictions, robustness): their schemas live in cifar.run_schema.
+OPTIONAL_TABLES = tuple(name for name, schema in run_schema.TABLE_SCHEMAS.items() if not schema.required)
 REQUIRED_FILES = (METADATA_FILE, MANIFEST_FILE, MODEL_FILE) + tuple(f"{t}.parquet" for t in TABLES)
-_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[a-z0-9_]+-[0-9a-f]{4}$")
+# Files of a run's work folder (see the layout above).
+CONFIG_FILE = "config.json"
+STATE_FILE = "state.json"
+PROGRESS_FILE = "progress.json"
+LOCK_FILE = "lock"
+# A staging folder older than this is abandoned whoever made it: publishing
+# takes seconds to minutes, and a pid may have been reused since.
+STAGING_MAX_AGE_SECONDS = 6 * 3600
+
+_RUN_ID = re.compile(r"(?P<created>\d{8}T\d{6}Z)-(?P<model>[a-z0-9_]+)-(?P<suffix>[0-9a-f]{4})")
+_CREATED_FORMAT = "%Y%m%dT%H%M%SZ"
 
 
 # ---------------------------------------------------------------- locations
@@ -76,13 +97,33 @@ def run_dir(run_id: str) -> Path:
     return runs_dir() / check_run_id(run_id)
 
 
+def work_root() -> Path:
+    """Where runs in progress keep their work folders."""
+    return root() / "work"
+
+
 def work_dir(run_id: str) -> Path:
     """Scratch folder of a run in progress: checkpoints, progress, state."""
-    return root() / "work" / check_run_id(run_id)
+    return work_root() / check_run_id(run_id)
 
 
 def progress_path(run_id: str) -> Path:
-    return work_dir(run_id) / "progress.json"
+    return work_dir(run_id) / PROGRESS_FILE
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The work folder's checkpoint after `epoch` completed epochs."""
+    return f"checkpoint-{epoch:04d}.keras"
+
+
+def best_weights_name(epoch: int) -> str:
+    """The work folder's weights of the best epoch so far, `epoch` (1-based)."""
+    return f"best-{epoch:04d}.weights.h5"
+
+
+def saved_weight_files(work: Path) -> list[Path]:
+    """Every checkpoint and best-weights file in a work folder."""
+    return sorted(work.glob("checkpoint-*.keras")) + sorted(work.glob("best-*.weights.h5"))
 
 
 def marks_path() -> Path:
@@ -126,31 +167,73 @@ def new_run_id(model_name: str, now: _dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S}Z-{model_name}-{secrets.token_hex(2)}"
 
 
+def is_run_id(name) -> bool:
+    """True for a whole run id and nothing else (no trailing newline or path)."""
+    return isinstance(name, str) and _RUN_ID.fullmatch(name) is not None
+
+
 def check_run_id(run_id: str) -> str:
     """Reject anything that is not a run id, so ids never escape the root."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+    if not is_run_id(run_id):
         raise RunError(
-            f"'{run_id}' is not a run id (expected like 20261125T132500Z-cnn_baseline-1a2b). "
+            f"{run_id!r} is not a run id (expected like 20261125T132500Z-cnn_baseline-1a2b). "
             "List runs with: python -m cifar runs")
     return run_id
+
+
+class RunIdParts(NamedTuple):
+    created_at: _dt.datetime  # UTC
+    model: str
+    suffix: str               # the 4 random hex digits that tell same-second runs apart
+
+    @property
+    def created_stamp(self) -> str:
+        """The creation time as the id writes it (metadata's `created_at`)."""
+        return self.created_at.strftime(_CREATED_FORMAT)
+
+
+def parse_run_id(run_id: str) -> RunIdParts:
+    """The parts of a run id; RunError for anything that is not one."""
+    found = _RUN_ID.fullmatch(check_run_id(run_id))
+    try:
+        created = _dt.datetime.strptime(found["created"], _CREATED_FORMAT).replace(tzinfo=_dt.timezone.utc)
+    except ValueError:
+        raise RunError(f"{run_id!r} is not a run id: its time {found['created']} is not a date") from None
+    return RunIdParts(created, found["model"], found["suffix"])
 
 
 # ---------------------------------------------------------------- atomic writes
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Write JSON so a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(path, "w") as f:
         json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_or_empty(path: Path) -> dict:
+    """A JSON object from `path`, or {} when it is missing, unreadable or not an
+    object: for files another process may not have written yet (progress.json)."""
+    try:
+        payload = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def process_alive(pid) -> bool:
+    """Whether process `pid` runs on this machine (someone else's counts too)."""
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def sha256_file(path: Path) -> str:
@@ -202,12 +285,51 @@ class RunStaging:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+def staging_root() -> Path:
+    return root() / ".staging"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+
+
 def stage_run(run_id: str) -> RunStaging:
-    """Start assembling a run in .staging/ (same filesystem, so rename is atomic)."""
-    check_run_id(run_id)
-    path = root() / ".staging" / f"{run_id}.{secrets.token_hex(3)}"
+    """Start assembling a run in .staging/ (same filesystem, so rename is atomic).
+
+    The folder's name records who assembles it (host and pid), so that folders
+    left by a publisher killed mid-way are cleaned up by the next one."""
+    clean_stale_staging()
+    path = staging_root() / staging_folder_name(run_id)
     path.mkdir(parents=True)
     return RunStaging(run_id, path)
+
+
+def staging_folder_name(run_id: str, pid: int | None = None) -> str:
+    """`<run_id>.<host>-<pid>.<hex>`: the folder a process (this one by default) stages a run in."""
+    return f"{check_run_id(run_id)}.{_host()}-{os.getpid() if pid is None else pid}.{secrets.token_hex(3)}"
+
+
+def clean_stale_staging(now: float | None = None) -> list[str]:
+    """Delete staging folders nobody will publish: their process on this host is
+    dead, or they are older than STAGING_MAX_AGE_SECONDS (a folder of another
+    host, or from before folders named their owner). Returns the names deleted;
+    a live publisher's folder is never among them."""
+    base = staging_root()
+    if not base.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for path in base.iterdir():
+        owner = re.fullmatch(r"[^.]+\.(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)\.[0-9a-f]+", path.name)
+        try:
+            age = now - path.stat().st_mtime
+        except OSError:
+            continue  # published or discarded meanwhile
+        dead = owner is not None and owner["host"] == _host() and not process_alive(owner["pid"])
+        if dead or age > STAGING_MAX_AGE_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 # ---------------------------------------------------------------- reading runs
@@ -236,7 +358,7 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
     name = path.name
     if not path.is_dir():
         return Skipped(name, "not a folder")
-    if not _RUN_ID.match(name):
+    if not is_run_id(name):
         return Skipped(name, "folder name is not a run id")
     required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
     missing = [f for f in required if not (path / f).is_file()]
@@ -294,9 +416,11 @@ def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
 
 
 def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> pd.DataFrame:
-    if name not in TABLES:
-        raise ValueError(f"unknown table {name!r}; known: {TABLES}")
+    if name not in TABLES + OPTIONAL_TABLES:
+        raise ValueError(f"unknown table {name!r}; known: {TABLES + OPTIONAL_TABLES}")
     info = get_run(run_id, allow_missing_model=allow_missing_model)
+    if name in OPTIONAL_TABLES and not (info.path / f"{name}.parquet").is_file():
+        raise RunError(f"run {run_id} has no {name} table yet; docs/ARTIFACTS.md gives the command that adds it")
     data = (info.path / f"{name}.parquet").read_bytes()
     _verified(info, f"{name}.parquet", data)
     try:
@@ -335,26 +459,37 @@ def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
 
 
 def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:
-    """Add (or replace) an optional table of a published run, then its manifest
-    entry; each file is replaced in one rename, so readers see the run whole."""
+    """Add (or replace) an optional table of a published run, and its manifest entry.
+
+    Both files are written in full under temporary names first and then
+    renamed over the old ones (os.replace), the table before the manifest:
+    an interruption before the renames leaves the run exactly as it was."""
     if name not in OPTIONAL_TABLES:
         raise ValueError(f"only optional tables can be added to a published run: {OPTIONAL_TABLES}")
     problems = run_schema.check_table(name, frame)
     if problems:
         raise RunError(f"table {name} does not match its schema ({'; '.join(problems)}); nothing was written")
-    info = get_run(run_id)
-    final = info.path / f"{name}.parquet"
-    tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    folder = get_run(run_id).path
+    final = folder / f"{name}.parquet"
+    table_tmp = folder / f".{final.name}.{secrets.token_hex(4)}.tmp"
+    manifest_tmp = folder / f".{MANIFEST_FILE}.{secrets.token_hex(4)}.tmp"
     try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, final)
+        frame.to_parquet(table_tmp, index=False)
+        manifest = read_json(folder / MANIFEST_FILE)
+        manifest.setdefault("files", {})[final.name] = sha256_file(table_tmp)
+        manifest["files"] = dict(sorted(manifest["files"].items()))
+        if isinstance(manifest.get("sizes"), dict):
+            manifest["sizes"][final.name] = table_tmp.stat().st_size
+            manifest["sizes"] = dict(sorted(manifest["sizes"].items()))
+        with open(manifest_tmp, "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(table_tmp, final)
+        os.replace(manifest_tmp, folder / MANIFEST_FILE)
     finally:
-        tmp.unlink(missing_ok=True)
-    manifest = read_json(info.path / MANIFEST_FILE)
-    manifest["files"] = dict(sorted({**manifest["files"], final.name: sha256_file(final)}.items()))
-    if isinstance(manifest.get("sizes"), dict):
-        manifest["sizes"] = dict(sorted({**manifest["sizes"], final.name: final.stat().st_size}.items()))
-    write_json_atomic(info.path / MANIFEST_FILE, manifest)
+        table_tmp.unlink(missing_ok=True)
+        manifest_tmp.unlink(missing_ok=True)
 
 
 def load_run(run_id: str) -> dict:

@@ -76,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="show a run's test metrics (add --recompute to re-evaluate)")
     evaluate.add_argument("run_id")
     evaluate.add_argument("--recompute", metavar="DATA", help="re-evaluate the saved model on this data source")
+    evaluate.add_argument("--robustness", action="store_true",
+                          help="accuracy under the 15 CIFAR-10-C corruptions at 5 severities; adds "
+                               "robustness.parquet to the run")
+    evaluate.add_argument("--images", type=_positive_int, default=1000,
+                          help="--robustness: test images, a seeded class-stratified subset (default 1000; "
+                               "10000 for all)")
+    evaluate.add_argument("--seed", type=_positive_int, default=0, help="--robustness: subset and noise seed")
     evaluate.add_argument("--store-validation", action="store_true",
                           help="re-predict the run's validation split (from its config and --data) and "
                                "add it to the run, for temperature scaling on the Compare page")
-    evaluate.add_argument("--data", help="with --store-validation: the run's data source")
+    evaluate.add_argument("--data", help="the CIFAR-10 copy to read: needed by --store-validation (the run's "
+                                         "data source); --robustness takes its test images from it (default: "
+                                         "the run's recorded data source)")
 
     compare = sub.add_parser("compare", help="paired tests, calibration and per-class differences of runs")
     compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs on the same test set")
@@ -148,7 +157,7 @@ def _needs_backend(args) -> bool:
     """Whether the command imports Keras at once (predict does, but only after decoding)."""
     return (args.command in ("models", "train", "resume")
             or (args.command == "evaluate" and bool(args.recompute))
-            or (args.command == "data" and args.source == "keras")
+            or (args.command == "data" and getattr(args, "source", None) == "keras")
             or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
 
 
@@ -217,6 +226,8 @@ def _print_summary(run_id: str) -> None:
 def cmd_evaluate(args) -> int:
     from cifar import artifacts
     info = artifacts.get_run(args.run_id)
+    if args.robustness:
+        return _evaluate_robustness(args)
     if args.store_validation:
         from cifar.evaluate import store_validation_predictions
         if not args.data:
@@ -239,6 +250,16 @@ def cmd_evaluate(args) -> int:
     for key, value in metrics.items():
         print(f"  {key:20} {value:.4f}" if isinstance(value, float) else f"  {key:20} {value}")
     print(per_class.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _evaluate_robustness(args) -> int:
+    from cifar.robustness import evaluate_run, summary
+    table = evaluate_run(args.run_id, args.data, args.images, args.seed)
+    row = summary({args.run_id: table}, None).iloc[0]
+    print(f"run {args.run_id}: clean accuracy {row['Clean accuracy']:.4f} ({row['Clean 95% interval']}), "
+          f"mean corruption accuracy {row['Mean corruption accuracy']:.4f} on {row['Images']} images, "
+          f"{table.seconds.sum():.0f} s; written to robustness.parquet")
     return 0
 
 

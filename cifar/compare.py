@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cifar import CLASS_NAMES, NUM_CLASSES
+from cifar import CLASS_NAMES, artifacts
 from cifar.errors import CifarError
 
 PROB_COLUMNS = [f"prob_{name}" for name in CLASS_NAMES]
@@ -479,13 +479,13 @@ class LoadedRun:
 
 def short_names(run_ids: list[str], metadata: dict[str, dict]) -> dict[str, str]:
     """Run id -> its model name, or model-suffix where two runs share a model."""
-    models = {r: metadata[r].get("model") or r.split("-")[1] for r in run_ids}
-    return {r: m if list(models.values()).count(m) == 1 else f"{m}-{r[-4:]}" for r, m in models.items()}
+    parts = {r: artifacts.parse_run_id(r) for r in run_ids}
+    models = {r: metadata[r].get("model") or parts[r].model for r in run_ids}
+    return {r: m if list(models.values()).count(m) == 1 else f"{m}-{parts[r].suffix}" for r, m in models.items()}
 
 
 def load_runs(run_ids: list[str]) -> dict[str, LoadedRun]:
     """What a comparison reads of each run (RunError for a bad or missing id)."""
-    from cifar import artifacts
     if len(set(run_ids)) != len(run_ids):
         raise PairingError("the same run is named twice; give two or more different run ids")
     loaded = {}

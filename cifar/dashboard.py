@@ -13,7 +13,6 @@ one column not in the figure, `imagenet_weights`, follows the study's text
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 from importlib import resources
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cifar import CLASS_NAMES
+from cifar import CLASS_NAMES, artifacts
 from cifar.predict import top_k_from_probabilities
 
 TRAIN_COMMAND = "python -m cifar train cnn_baseline --data /path/to/cifar10 --epochs 2"
@@ -36,12 +35,9 @@ def run_label(run_id: str, metadata: dict, reference: bool = False, tags: bool =
     sets it apart: a reference run (★), a subset or short run, a transfer
     model trained without ImageNet weights (`tags=False` leaves subset and
     short to the Models table's own "Run type" column)."""
-    model = metadata.get("model") or run_id.split("-")[1]
-    try:
-        started = _dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").strftime("%d %b %H:%M")
-    except ValueError:
-        started = run_id[:16]
-    label = f"{'★ ' if reference else ''}{model} · {run_id[-4:]} · {started}"
+    parts = artifacts.parse_run_id(run_id)
+    model = metadata.get("model") or parts.model
+    label = f"{'★ ' if reference else ''}{model} · {parts.suffix} · {parts.created_at:%d %b %H:%M}"
     extra = (run_tags(metadata) if tags else []) + (
         ["no ImageNet weights"] if metadata.get("imagenet_weights") is False else [])
     return " · ".join([label, *extra])

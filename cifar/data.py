@@ -40,13 +40,13 @@ import logging
 import math
 import numbers
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cifar import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
+from cifar.atomic import atomic_file
 from cifar.data_files import ALTERNATIVES, SPLITS, load_path
 from cifar.errors import DataError
 
@@ -276,17 +276,11 @@ def _read_cache(key: str):
 def _write_cache(key: str, arrays, meta: dict) -> None:
     """Write the cache atomically; a failure to cache never fails a load."""
     path = _cache_path(key)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_file(path, "wb") as f:
             np.savez(f, **dict(zip(_ARRAY_NAMES, arrays)), meta=np.array(json.dumps(meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as exc:
         log.warning("could not cache the decoded dataset in %s (%s)", path.parent, exc)
-        tmp.unlink(missing_ok=True)
         return
     with contextlib.suppress(OSError):  # another process may be pruning too
         entries = sorted(path.parent.glob("cifar10-v*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)

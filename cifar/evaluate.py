@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,21 @@ def png_bytes(image: np.ndarray) -> bytes:
 def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 256,
              seed: int = 0, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> Evaluation:
     probabilities, images_per_s = measure_throughput(model, x_test, batch_size)
+    has_validation = x_val is not None and len(x_val) > 0
+    return evaluation_tables(x_test, y_test, probabilities, images_per_s=images_per_s,
+                             latency_ms=single_image_latency_ms(model, x_test[0]), seed=seed,
+                             val_probabilities=predict_probabilities(model, x_val, batch_size) if has_validation
+                             else None, y_val=y_val)
+
+
+def evaluation_tables(x_test: np.ndarray, y_test: np.ndarray, probabilities: np.ndarray, *,
+                      images_per_s: float, latency_ms: float, seed: int = 0,
+                      val_probabilities: np.ndarray | None = None, y_val: np.ndarray | None = None,
+                      encode: Callable[[np.ndarray], bytes] = png_bytes) -> Evaluation:
+    """Every table of an evaluation from the test set and the model's class
+    probabilities (no model needed: the dashboard's sample runs come from here
+    too), with the validation split's when given. `encode` turns a gallery
+    image into its stored bytes."""
     predicted = probabilities.argmax(axis=1)
     labels = list(range(NUM_CLASSES))
     clipped = np.clip(probabilities, 1e-7, 1.0)
@@ -81,13 +97,13 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
                "test_accuracy": float((predicted == y_test).mean()),
                "test_loss": float(log_loss(y_test, clipped, labels=labels)),
                "top3_accuracy": float(top_k_accuracy_score(y_test, probabilities, k=3, labels=labels))}
-    for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_test, predicted, labels=labels,
-                                                     average=average, zero_division=0)
-        summary.update({f"precision_{average}": float(p), f"recall_{average}": float(r),
-                        f"f1_{average}": float(f)})
+    # sklearn's "macro" and "weighted" averages are these means of its per-class
+    # scores (plain, and weighted by support): taken here, not computed twice more.
+    for average, weights in (("macro", None), ("weighted", support if support.sum() else None)):
+        summary.update({f"{name}_{average}": float(np.average(values, weights=weights))
+                        for name, values in (("precision", precision), ("recall", recall), ("f1", f1))})
     summary["eval_images_per_s"] = float(images_per_s)
-    summary["latency_ms"] = single_image_latency_ms(model, x_test[0])
+    summary["latency_ms"] = float(latency_ms)
 
     per_class = pd.DataFrame({"class_index": labels, "class_name": list(CLASS_NAMES),
                               "precision": precision, "recall": recall, "f1": f1,
@@ -99,11 +115,9 @@ def evaluate(model, x_test: np.ndarray, y_test: np.ndarray, batch_size: int = 25
     confusion.insert(1, "true_class", [CLASS_NAMES[i] for i in confusion.true_index])
     confusion.insert(3, "pred_class", [CLASS_NAMES[i] for i in confusion.pred_index])
 
-    validation = None
-    if x_val is not None and len(x_val):
-        validation = prediction_table(predict_probabilities(model, x_val, batch_size), y_val)
+    validation = None if val_probabilities is None else prediction_table(val_probabilities, y_val)
     return Evaluation(pd.DataFrame([summary]), per_class, confusion, prediction_table(probabilities, y_test),
-                      build_gallery(x_test, y_test, predicted, seed), validation)
+                      build_gallery(x_test, y_test, predicted, seed, encode), validation)
 
 
 def prediction_table(probabilities: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
@@ -144,7 +158,8 @@ def store_validation_predictions(run_id: str, source: str) -> dict:
     return {"images": len(table), "accuracy": float((table.pred_index == table.true_index).mean())}
 
 
-def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:
+def build_gallery(x_test, y_test, predicted, seed: int = 0,
+                  encode: Callable[[np.ndarray], bytes] = png_bytes) -> pd.DataFrame:
     """A compact sample of test images so the dashboard needs no dataset:
     up to GALLERY_PER_PAIR misclassified images per (true, predicted) pair and
     a few correct ones per class, stored as PNG bytes."""
@@ -161,4 +176,4 @@ def build_gallery(x_test, y_test, predicted, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame({"index": chosen, "true_index": y_test[chosen].astype(np.int64),
                          "pred_index": predicted[chosen].astype(np.int64),
                          "correct": y_test[chosen] == predicted[chosen],
-                         "png": [png_bytes(x_test[i]) for i in chosen]})
+                         "png": [encode(x_test[i]) for i in chosen]})

@@ -276,6 +276,7 @@ class RayJobsBackend(JobBackend):
         return [self._job(row) for row in rows]
 
     def cancel(self, job_id: int, wait: float = 0.0) -> Job:
+        self._settle(self._row(job_id))  # a job Ray already started is cancelled as a running one
         now = time.time()
         with self._transaction() as con:
             row = con.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()

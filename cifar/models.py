@@ -103,7 +103,7 @@ def _raw_input() -> keras.KerasTensor:
     return keras.Input(shape=IMAGE_SHAPE, dtype="uint8", name="image")
 
 
-def _augmentation(seed: int | None = None) -> keras.Sequential:
+def study_augmentation(seed: int | None = None) -> keras.Sequential:
     """The study's ImageDataGenerator settings as layers (active only in training).
 
     The study names rotation, horizontal flip and width/height shifts without
@@ -130,7 +130,7 @@ def allow_jit_on_jax(model: keras.Model) -> None:
     (resume, predict); compile() then resolves jit_compile="auto" to True by itself."""
     if keras.backend.backend() != "jax":
         return
-    every = list(_all_layers(model))
+    every = leaf_layers(model)  # a model itself always supports jit: only its layers decide
     for layer in every:
         if isinstance(layer, JITTABLE_ON_JAX):
             layer.supports_jit = True
@@ -138,10 +138,18 @@ def allow_jit_on_jax(model: keras.Model) -> None:
         model.jit_compile = True  # load_model() may have compiled it with jit off already
 
 
-def _all_layers(layer: keras.layers.Layer):
-    yield layer
-    for inner in getattr(layer, "layers", ()):
-        yield from _all_layers(inner)
+def leaf_layers(model: keras.Model, *, open_sequential: bool = True) -> list[keras.layers.Layer]:
+    """Every layer of `model` that is not itself a model, in order, nested models
+    opened (the VGG16 and ResNet50 bases). With `open_sequential=False` a
+    Sequential block (the augmentation) stays one layer, as the results table
+    counts layers."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and (open_sequential or not isinstance(layer, keras.Sequential)):
+            found.extend(leaf_layers(layer, open_sequential=open_sequential))
+        else:
+            found.append(layer)
+    return found
 
 
 def _classifier_output(x):
@@ -170,7 +178,7 @@ def build_cnn_baseline(augment: bool = False) -> keras.Model:
     each followed by 2x2 max pooling, then Flatten, Dense 256 ReLU, Dense 10.
     Batch size is not given by the study; we use 64."""
     inputs = _raw_input()
-    x = _augmentation()(inputs) if augment else inputs
+    x = study_augmentation()(inputs) if augment else inputs
     x = layers.Rescaling(1 / 255, name="scale")(x)
     x = _conv_blocks(x, batchnorm=False)
     x = layers.Flatten()(x)
@@ -190,7 +198,7 @@ def build_cnn_regularized(augment: bool = True) -> keras.Model:
     weights restored), which stops near 20 when progress stalls. The dropout
     rate is not given; we use 0.5, the usual rate before a classifier."""
     inputs = _raw_input()
-    x = _augmentation()(inputs) if augment else inputs
+    x = study_augmentation()(inputs) if augment else inputs
     x = layers.Rescaling(1 / 255, name="scale")(x)
     x = _conv_blocks(x, batchnorm=True)
     x = layers.Flatten()(x)
@@ -243,7 +251,7 @@ def _vgg16(input_size: int, weights: str | None, augment: bool, trainable_tail: 
     for layer in base.layers[:len(base.layers) - trainable_tail]:
         layer.trainable = False
     inputs = _raw_input()
-    x = _augmentation()(inputs) if augment else inputs
+    x = study_augmentation()(inputs) if augment else inputs
     if caffe_preprocess:
         x = _resize_and_preprocess(x, input_size, vgg16.preprocess_input)
     else:
@@ -355,7 +363,7 @@ def _resnet50(input_size: int, weights: str | None, augment: bool, trainable_fro
                 frozen = False
             layer.trainable = not frozen
     inputs = _raw_input()
-    x = _augmentation()(inputs) if augment else inputs
+    x = study_augmentation()(inputs) if augment else inputs
     x = _resize_and_preprocess(x, input_size, resnet50.preprocess_input)
     # BatchNorm layers of the base stay in inference mode even when unfrozen
     # (keras-io transfer-learning guide), so fine-tuning does not wreck them.
@@ -432,7 +440,7 @@ def _size(variable) -> int:
 
 def describe(model: keras.Model) -> dict:
     """Facts the results table shows: layer count and regularisers used."""
-    all_layers = _flat_layers(model)
+    all_layers = leaf_layers(model, open_sequential=False)
     kinds = {type(layer).__name__ for layer in all_layers}
     return {
         "layers": sum(1 for layer in all_layers if not isinstance(layer, keras.layers.InputLayer)),
@@ -440,12 +448,3 @@ def describe(model: keras.Model) -> dict:
         "dropout": "Dropout" in kinds,
     }
 
-
-def _flat_layers(model) -> list:
-    out = []
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential):
-            out.extend(_flat_layers(layer))
-        else:
-            out.append(layer)
-    return out

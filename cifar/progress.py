@@ -15,16 +15,14 @@ from pathlib import Path
 
 import keras
 
-from cifar.artifacts import read_json, write_json_atomic
+from cifar.artifacts import read_json_or_empty, write_json_atomic
 
 PROGRESS_INTERVAL = 1.0
 
 
 def read_progress(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except (OSError, ValueError):
-        return {}
+    """A progress file's state, or {} before the training has written one."""
+    return read_json_or_empty(path)
 
 
 class ProgressFile:

@@ -160,6 +160,13 @@ TABLE_SCHEMAS: dict[str, TableSchema] = {s.name: s for s in (
     TableSchema("gallery", {"index": "int", "true_index": "class", "pred_index": "class", "correct": "bool",
                             "png": "bytes"}, min_rows=0),
 )}
+# Optional tables: checked whenever a run has them; runs written before they existed stay readable.
+TABLE_SCHEMAS["val_predictions"] = TableSchema(  # the validation split's predictions (Compare page)
+    "val_predictions", TABLE_SCHEMAS["predictions"].columns, required=False)
+TABLE_SCHEMAS["robustness"] = TableSchema(  # python -m cifar evaluate RUN --robustness
+    "robustness", {"corruption": "str", "severity": "int", "n_images": "int", "n_correct": "int",
+                   "accuracy": "number", "ci_low": "number", "ci_high": "number"},
+    {"seconds": "number", "seed": "int", "data_fingerprint": "str"}, required=False)
 
 
 def register_table(schema: TableSchema) -> None:

@@ -15,26 +15,25 @@ import contextlib
 import datetime as _dt
 import fcntl
 import math
-import os
 import shutil
 import time
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 
 from cifar import NUM_CLASSES, artifacts
+from cifar.artifacts import CONFIG_FILE, STATE_FILE  # the work folder's files, named where the layout lives
 from cifar.config import RunConfig
 from cifar.data import Dataset, limit_per_class, load_cifar10, split_validation
 from cifar.environment import describe_environment
 from cifar.errors import RunError, TrainingError
-from cifar.evaluate import evaluate
+from cifar.evaluate import Evaluation, evaluate
 from cifar.fast_cnn import WarmupLinearDecay, single_view
 from cifar.models import allow_jit_on_jax, build_model, count_params, describe, get_spec
 from cifar.progress import ProgressFile, read_progress
-
-STATE_FILE = "state.json"
-CONFIG_FILE = "config.json"
 
 
 # ---------------------------------------------------------------- entry points
@@ -67,32 +66,22 @@ def resume_run(run_id: str, verbose: int = 1) -> str:
 
 def interrupted_runs() -> list[dict]:
     """Runs with a work folder but no published result (crashed or running)."""
-    base = artifacts.root() / "work"
+    base = artifacts.work_root()
     found = []
     for path in sorted(base.iterdir()) if base.is_dir() else []:
-        if artifacts.run_dir(path.name).exists():
-            continue  # published; only the clean-up was interrupted
+        if not artifacts.is_run_id(path.name) or artifacts.run_dir(path.name).exists():
+            continue  # not a run's folder; or published, and only the clean-up was interrupted
         try:
             state = _read_state(path)
         except RunError:
             state = {}
-        progress = read_progress(path / "progress.json")
+        progress = read_progress(artifacts.progress_path(path.name))
         status = progress.get("status", "unknown")
-        if status == "running" and not _alive(progress.get("pid")):
+        if status == "running" and not artifacts.process_alive(progress.get("pid")):
             status = "interrupted"
         found.append({"run_id": path.name, "completed_epochs": state.get("completed_epochs", 0),
                       "status": status, "updated_at": progress.get("updated_at")})
     return found
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 # ---------------------------------------------------------------- the run
@@ -115,7 +104,7 @@ def _train(run_id: str, config: RunConfig, verbose: int) -> str:
 def _exclusive(work, run_id: str):
     """One process per run: a second `resume` of a live run is refused."""
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / "lock", "w") as handle:
+    with open(work / artifacts.LOCK_FILE, "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -180,7 +169,7 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
         history.append({**row, "elapsed_seconds": time.time() - started + earlier_seconds})
         best = None
         if config.early_stopping_patience and _best_epoch(history) == epoch + 1:
-            best = f"best-{epoch + 1:04d}.weights.h5"
+            best = artifacts.best_weights_name(epoch + 1)
             model.save_weights(work / best)
         _checkpoint(model, work, epoch + 1, history, data.fingerprint, train_seconds, source, best)
 
@@ -190,10 +179,13 @@ def _train_locked(run_id: str, config: RunConfig, verbose: int, work) -> str:
         model.load_weights(work / best_weights)
     final_model = _inference_copy(model, config)
     result = evaluate(final_model, data.x_test, data.y_test, seed=config.seed, x_val=x_val, y_val=y_val)
-    metadata = _metadata(run_id, config, data, final_model, history, _best_epoch(history), source,
-                         train_seconds, len(x_train), len(x_val), time.time() - started + earlier_seconds,
-                         environment)
-    _publish(run_id, final_model, history, result, metadata)
+    metadata = run_metadata(run_id, config, history=history, source=source, environment=environment,
+                            network={"params": count_params(final_model), **describe(final_model)},
+                            data={"source": config.data, "fingerprint": data.fingerprint,
+                                  "description": data.description, "n_train": len(x_train),
+                                  "n_val": len(x_val), "n_test": len(data.y_test)},
+                            train_seconds=train_seconds, wall_seconds=time.time() - started + earlier_seconds)
+    publish_run(run_id, history, result, metadata, final_model.save)
     progress.update(status="completed", epoch=len(history))
     shutil.rmtree(work, ignore_errors=True)
     return run_id
@@ -340,7 +332,7 @@ def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, s
 
     Files are only deleted after the switch, so a SIGKILL anywhere leaves a
     consistent (checkpoint, best weights, history) triple."""
-    name = f"checkpoint-{epochs_done:04d}.keras"
+    name = artifacts.checkpoint_name(epochs_done)
     model.save(work / name)
     best = best or _read_state(work).get("best_weights")
     artifacts.write_json_atomic(work / STATE_FILE, {
@@ -348,7 +340,7 @@ def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, s
         "data_fingerprint": fingerprint, "train_seconds": train_seconds, "source": source,
         "elapsed_seconds": history[-1]["elapsed_seconds"]})
     keep = {name, best}
-    for path in list(work.glob("checkpoint-*.keras")) + list(work.glob("best-*.weights.h5")):
+    for path in artifacts.saved_weight_files(work):
         if path.name not in keep:
             path.unlink(missing_ok=True)
 
@@ -365,36 +357,41 @@ def _inference_copy(model: keras.Model, config: RunConfig) -> keras.Model:
     return clean
 
 
-def _metadata(run_id, config, data: Dataset, model, history, best_epoch, source,
-              train_seconds, n_train, n_val, wall_seconds, environment) -> dict:
+def run_metadata(run_id: str, config: RunConfig, *, history: list[dict], source: dict, environment: dict,
+                 network: dict, data: dict, train_seconds: float, wall_seconds: float) -> dict:
+    """metadata.json of a finished run (docs/ARTIFACTS.md). `network`: the shipped
+    model's `count_params` as "params" and its `describe` facts; `data`: source,
+    fingerprint, description and the train/validation/test sizes."""
     spec = get_spec(config.model)
     weights = source.get("weights")
     speeds = [row["train_images_per_s"] for row in history[1:]] or [history[0]["train_images_per_s"]]
     return {
         "run_id": run_id, "model": config.model, "config": config.to_dict(),
         "study_section": spec.study_section, "recipe_summary": spec.summary,
-        "created_at": run_id.split("-")[0],
+        "created_at": artifacts.parse_run_id(run_id).created_stamp,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "is_transfer": spec.is_transfer,
         "pretrained_weights": weights,
         # A local no-top file is the offline route to the same ImageNet weights.
         "imagenet_weights": weights not in (None, "none") if spec.is_transfer else None,
         "init_from_run": source.get("init_from_run"),
-        "params": count_params(model), **describe(model),
+        **network,
         "augmentation": config.augment, "optimizer": config.optimizer,
         "epochs_planned": config.epochs, "recipe_epochs": spec.defaults.epochs,
-        "epochs_run": len(history), "best_epoch": best_epoch,
+        "epochs_run": len(history), "best_epoch": _best_epoch(history),
         "stopped_early": len(history) < config.epochs,
         "train_seconds": train_seconds,
         "wall_seconds": wall_seconds,
         "train_images_per_s": float(np.median(speeds)),
-        "data": {"source": config.data, "fingerprint": data.fingerprint, "description": data.description,
-                 "n_train": n_train, "n_val": n_val, "n_test": len(data.y_test)},
+        "data": data,
         "environment": environment,
     }
 
 
-def _publish(run_id, model, history, result, metadata) -> None:
+def publish_run(run_id: str, history, result: Evaluation, metadata: dict,
+                save_model: Callable[[Path], object]) -> None:
+    """Write every file of a finished run out of sight, then make it visible in
+    one step; `save_model(path)` writes model.keras (the shipped model's `save`)."""
     import pandas as pd
     staging = artifacts.stage_run(run_id)
     try:
@@ -406,7 +403,7 @@ def _publish(run_id, model, history, result, metadata) -> None:
         staging.write_table("gallery", result.gallery)
         if result.val_predictions is not None:
             staging.write_table("val_predictions", result.val_predictions)
-        model.save(staging.model_path)
+        save_model(staging.model_path)
         staging.write_metadata(metadata)
         staging.publish()
     except BaseException:

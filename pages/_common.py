@@ -1,10 +1,12 @@
 """What every page shares: cached reads of the artifacts, the run selection
 kept in the URL, and the messages for empty, broken and failing states.
 
-Tables are cached with `st.cache_data` keyed on what changed on disk: the
-run list on `artifacts.runs_signature()`, a run's tables on its own folder's
-modification time (a published run never changes, so a new run does not
-evict the others). Models are cached with `st.cache_resource`.
+Reads are cached keyed on what changed on disk: the run list (checked
+against the schema, with every run's metrics) on `artifacts.runs_signature()`,
+shared read-only with `st.cache_resource` as every rerun asks for it many
+times; a run's tables with `st.cache_data` on its own folder's modification
+time (a published run never changes, so a new run does not evict the
+others). Models are cached with `st.cache_resource`.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def _on_disk() -> tuple[str, int]:
     return str(artifacts.root()), hash(artifacts.runs_signature())
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple[str, str]], dict[str, dict]]:
     """Readable runs, skipped folders with their reasons, and each run's
     metrics row. Listing checks each run against its schema; its metrics are
     read (and so checksummed) here too, so a run whose metrics changed since
     publication is skipped with the others, on every page, not only where
-    its table is shown."""
+    its table is shown. Shared, not copied (a page asks for it a dozen times
+    per rerun): callers only read it."""
     runs, skipped = artifacts.scan_runs()
     listed, reasons, metrics = [], [(s.name, s.reason) for s in skipped], {}
     for run in runs:
@@ -53,11 +56,11 @@ def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple
 
 def runs() -> list[tuple[str, dict]]:
     """(run id, metadata) of every readable run, oldest first."""
-    return _scan(*_on_disk())[0]
+    return list(_scan(*_on_disk())[0])
 
 
 def skipped() -> list[tuple[str, str]]:
-    return _scan(*_on_disk())[1]
+    return list(_scan(*_on_disk())[1])
 
 
 def metadata(run_id: str) -> dict:

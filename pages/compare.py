@@ -111,8 +111,8 @@ if difference_tab.open:
                   "(paired bootstrap)")
 
     table_side, test_side = difference_tab.columns([2, 3])
-    table_side.dataframe(pd.DataFrame({f"B right": [pair["both_right"], pair["b_only"]],
-                                       f"B wrong": [pair["a_only"], pair["both_wrong"]]},
+    table_side.dataframe(pd.DataFrame({"B right": [pair["both_right"], pair["b_only"]],
+                                       "B wrong": [pair["a_only"], pair["both_wrong"]]},
                                       index=["A right", "A wrong"]))
     method = "exact binomial" if pair["exact"] else "chi-squared with continuity correction"
     family = (f" Holm-corrected over the {len(pairs)} pairs of the {len(kept)} runs: {c.p_text(pair['p_holm'])}."
@@ -168,7 +168,7 @@ if calibration_tab.open:
 
 if explorer_tab.open:
     counts = c.disagreement_counts(aligned, run_a, run_b)
-    titles = {c.DISAGREE: "The runs disagree", c.A_ONLY: f"A right, B wrong", c.B_ONLY: f"B right, A wrong",
+    titles = {c.DISAGREE: "The runs disagree", c.A_ONLY: "A right, B wrong", c.B_ONLY: "B right, A wrong",
               c.ALL_WRONG: "All runs wrong" if len(kept) > 2 else "Both wrong"}
     for cell, kind in zip(explorer_tab.columns(4), c.FILTERS):
         cell.metric(titles[kind], f"{counts[kind]:,}", border=True)

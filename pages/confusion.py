@@ -5,7 +5,7 @@ behind them, and per-class scores. Only the open tab is computed."""
 import streamlit as st
 
 from cifar import CLASS_NAMES, dashboard as d
-from pages import _charts, _common
+from pages import _charts, _common, _explain
 
 PERCENT = "{:.1%}"  # one decimal everywhere (Streamlit's "percent" drops trailing zeros: 13% beside 12.45%)
 SCORES = {"f1": "F1", "precision": "Precision", "recall": "Recall"}
@@ -86,7 +86,7 @@ if mistakes.open:
                          "three most likely classes.")
         for start in range(0, len(images), 8):
             for cell, row in zip(mistakes.columns(8), images.iloc[start:start + 8].itertuples()):
-                cell.image(d.enlarge_png(row.png), caption=row.caption, width="stretch")
+                _explain.gallery_image(cell, first_id, images, row)
 
 if per_class_tab.open:
     score = per_class_tab.segmented_control("Score", list(SCORES), format_func=SCORES.get, default="f1",

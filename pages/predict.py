@@ -6,7 +6,7 @@ import streamlit as st
 
 from cifar import dashboard as d, predict
 from cifar.errors import CifarError
-from pages import _common
+from pages import _common, _explain
 
 COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0,
                                                           width="small"),  # room for every column at 1440 px
@@ -70,3 +70,4 @@ for title, image, true_class, note in images:
     guesses.caption(f"Confidence is low when the best guess is under {d.LOW_CONFIDENCE:.0%}: the model is "
                     "unsure, often because the image is unlike CIFAR-10's ten classes. Time: one image on this "
                     "server, median of 5 calls after a warm-up.")
+    _explain.heatmaps(image, [r for r in run_ids if names[r] in models], key=title)

@@ -146,6 +146,13 @@ def select_run(run_id: str) -> None:
     st.session_state[_common.SELECTION_KEY] = [run_id, *chosen]
 
 
+def log_text(job: jobs.Job) -> str:
+    try:
+        return backend.logs(job.id, lines=40) or job.log_tail or "(no output yet)"
+    except CifarError as exc:  # e.g. the Ray cluster went away between two renders
+        return job.log_tail or f"(the log cannot be read now: {exc})"
+
+
 def show_job(job: jobs.Job) -> None:
     with st.container(border=True):
         head, buttons = st.columns([4, 1])
@@ -175,8 +182,7 @@ def show_job(job: jobs.Job) -> None:
         if job.error and job.status in ("failed", "lost"):
             st.error(job.error)
         with st.expander("Log" if job.active else "Log tail", expanded=job.status in ("failed", "lost")):
-            st.code(backend.logs(job.id, lines=40) or job.log_tail or "(no output yet)", language=None,
-                    wrap_lines=True)
+            st.code(log_text(job), language=None, wrap_lines=True)
 
 
 @st.fragment(run_every=REFRESH_SECONDS)

@@ -1,5 +1,13 @@
 """The artifact layout: atomic publish, skipped broken folders, guarded run ids."""
 
+import datetime
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -87,10 +95,46 @@ def test_damaged_table_raises_a_clear_error():
     assert artifacts.all_runs_table("metrics").empty
 
 
-@pytest.mark.parametrize("bad", ["../etc", "x", "20261125T000000Z-cnn/../../x-abcd", ""])
+@pytest.mark.parametrize("bad", ["../etc", "x", "20261125T000000Z-cnn/../../x-abcd", "",
+                                 "20261125T000000Z-cnn_baseline-abcd\n", " 20261125T000000Z-cnn_baseline-abcd"])
 def test_run_ids_cannot_escape_the_root(bad):
     with pytest.raises(RunError):
         artifacts.run_dir(bad)
+    assert not artifacts.is_run_id(bad)
+
+
+def test_a_run_id_parses_into_its_creation_time_model_and_suffix():
+    when = datetime.datetime(2026, 11, 25, 13, 25, 0, tzinfo=datetime.timezone.utc)
+    run_id = artifacts.new_run_id("fast_cnn", now=when)
+    parts = artifacts.parse_run_id(run_id)
+    assert (parts.created_at, parts.model) == (when, "fast_cnn")
+    assert run_id == f"{parts.created_stamp}-fast_cnn-{parts.suffix}" and len(parts.suffix) == 4
+    with pytest.raises(RunError, match="not a date"):
+        artifacts.parse_run_id("20261399T000000Z-fast_cnn-abcd")
+
+
+def _staging_folder(name, age_seconds=0.0):
+    path = artifacts.staging_root() / name
+    path.mkdir(parents=True)
+    (path / "history.parquet").write_bytes(b"half a run")
+    then = time.time() - age_seconds
+    os.utime(path, (then, then))
+    return path
+
+
+def test_staging_left_by_a_killed_publisher_is_cleaned_but_a_live_one_is_kept():
+    run_id = artifacts.new_run_id("cnn_baseline")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = _staging_folder(artifacts.staging_folder_name(run_id, pid=dead.pid))   # kill -9 mid-publish
+    live = _staging_folder(artifacts.staging_folder_name(run_id))                   # a publisher at work
+    elsewhere = _staging_folder(f"{run_id}.otherhost-{dead.pid}.0a0a0a")           # pid means nothing here
+    old = _staging_folder(f"{run_id}.0b0b0b", age_seconds=artifacts.STAGING_MAX_AGE_SECONDS + 60)
+    staging = artifacts.stage_run(run_id)                                   # what a resume does
+    assert not killed.exists() and not old.exists()
+    assert live.exists() and elsewhere.exists() and staging.path.exists()
+    assert artifacts.clean_stale_staging(now=time.time() + artifacts.STAGING_MAX_AGE_SECONDS + 60)
+    assert not elsewhere.exists()
 
 
 def test_a_run_without_its_model_file_is_incomplete_except_for_readers_of_its_record():
@@ -101,3 +145,15 @@ def test_a_run_without_its_model_file_is_incomplete_except_for_readers_of_its_re
     assert run.run_id not in [r.run_id for r in artifacts.list_runs()]   # the dashboard skips it
     assert artifacts.get_run(run.run_id, allow_missing_model=True).metadata["model"] == "cnn_baseline"
     assert len(artifacts.read_table(run.run_id, "history", allow_missing_model=True)) == 2
+
+
+def test_docs_artifacts_names_every_file_the_code_writes():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ARTIFACTS.md").read_text()
+    written = [*artifacts.REQUIRED_FILES, artifacts.CONFIG_FILE, artifacts.STATE_FILE, artifacts.PROGRESS_FILE,
+               artifacts.LOCK_FILE, artifacts.checkpoint_name(7), artifacts.best_weights_name(12)]
+    for name in written:
+        as_documented = re.escape(name.replace("0007", "NNNN").replace("0012", "NNNN"))
+        assert re.search(rf"(?<![\w.-]){as_documented}(?![\w.-])", doc), name
+    run_id = artifacts.new_run_id("cnn_baseline")
+    assert artifacts.work_dir(run_id).parent.name == "work" and "work/<run_id>/" in doc
+    assert artifacts.staging_folder_name(run_id).startswith(f"{run_id}.") and ".staging/<run_id>.<host>-<pid>.<hex>/" in doc

@@ -8,6 +8,7 @@ import pytest
 
 from bench import time_to_accuracy as tta
 from cifar import artifacts
+from cifar.dashboard import run_label
 from cifar.errors import RunError
 from fixture_runs import make_run
 
@@ -34,12 +35,16 @@ def test_time_to_is_the_first_point_at_or_above_the_threshold_and_none_when_neve
     assert tta.time_to(points, 0.999) is None
 
 
-def test_legend_names_model_seed_label_and_run_suffix():
-    run = make_run("cnn_baseline", epochs=3)
+def test_the_chart_legend_names_each_run_as_the_dashboard_does_with_seed_label_and_epochs():
+    run = make_run("cnn_baseline", epochs=3, config_seed=7)
     points = tta.run_points(run.run_id)
-    suffix = run.run_id.rsplit("-", 1)[-1]
-    assert tta.run_label(points) == f"cnn_baseline seed 0 (-{suffix}, 3 epochs)"
-    assert tta.run_label(points, "recipe v1") == f"cnn_baseline seed 0, recipe v1 (-{suffix}, 3 epochs)"
+    dashboard_label = run_label(run.run_id, run.metadata)
+    assert artifacts.parse_run_id(run.run_id).suffix in dashboard_label
+    assert tta.legend_name(points) == f"{dashboard_label} · seed 7 · 3 epochs"
+    chart = tta.figure(points, [0.9], labels={run.run_id: "recipe v1"})
+    curve, final = (trace.name for trace in chart.data)
+    assert curve == f"{dashboard_label} · seed 7, recipe v1 · 3 epochs: validation, after each epoch"
+    assert final.startswith(f"{dashboard_label} · seed 7, recipe v1 · 3 epochs: final test ")
 
 
 def test_a_label_without_run_id_is_refused_with_an_example(monkeypatch, capsys):
@@ -50,7 +55,7 @@ def test_a_label_without_run_id_is_refused_with_an_example(monkeypatch, capsys):
     assert "RUN_ID=TEXT" in capsys.readouterr().err
 
 
-def test_table_cells_say_seconds_under_a_minute_and_when_only_the_final_model_got_there():
+def test_table_cells_say_seconds_under_two_minutes_and_when_only_the_final_model_got_there():
     assert tta.duration(89.94) == "89.9 min" and tta.duration(8.72 / 60) == "8.7 s"
     points = tta.run_points(make_run("cnn_regularized", epochs=4, accuracy=0.8).run_id)
     epochs = points.measure != "test, final model"
@@ -78,9 +83,10 @@ def test_runs_copied_without_their_model_file_are_still_plotted_and_the_cli_refu
 def test_the_chart_says_where_the_runs_trained_and_uses_seconds_for_runs_under_two_minutes():
     points = tta.run_points(make_run("cnn_baseline", epochs=3).run_id)
     meta = artifacts.get_run(points.run_id.iloc[0]).metadata
+    title = tta.figure(points, [0.9]).layout.title.text
     for part in (meta["environment"]["hardware"]["label"], meta["environment"]["backend"],
                  meta["config"]["precision"], meta["data"]["description"]):
-        assert part in tta.setting(points)
+        assert part in title
     slow = tta.figure(points.assign(train_minutes=points.train_minutes + 5), [0.9])
     fast = tta.figure(points.assign(train_minutes=points.train_minutes / 1000), [0.9])
     assert "minutes" in slow.layout.xaxis.title.text and "seconds" in fast.layout.xaxis.title.text
@@ -88,9 +94,7 @@ def test_the_chart_says_where_the_runs_trained_and_uses_seconds_for_runs_under_t
 
 
 def test_a_run_with_no_accuracy_per_epoch_gets_a_clear_error():
-    run = make_run("cnn_baseline", epochs=2)
-    path = artifacts.run_dir(run.run_id) / "history.parquet"   # like fast_cnn without --track-test
-    pd.read_parquet(path).drop(columns=["val_accuracy"]).to_parquet(path)
+    run = make_run("fast_cnn", epochs=2)    # no validation split, trained without --track-test
     with pytest.raises(RunError, match="train it again with --track-test"):
         tta.run_points(run.run_id)
 
@@ -105,3 +109,11 @@ def test_each_legend_entry_names_its_precision_only_when_the_runs_differ():
 
 def test_table_and_chart_switch_to_minutes_at_two_minutes_alike():
     assert tta.duration(1.5) == "90.0 s" and tta.duration(2.0) == "2.0 min"
+    points = tta.run_points(make_run("cnn_baseline", epochs=2).run_id)
+
+    def chart_ending_at(minutes):
+        scaled = points.assign(train_minutes=points.train_minutes / points.train_minutes.max() * minutes)
+        return tta.figure(scaled, [0.9])
+    under, at = chart_ending_at(1.5), chart_ending_at(2.0)
+    assert "seconds" in under.layout.xaxis.title.text and max(under.data[1].x) == pytest.approx(90.0)
+    assert "minutes" in at.layout.xaxis.title.text and max(at.data[1].x) == pytest.approx(2.0)

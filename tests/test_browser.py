@@ -152,4 +152,8 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         expect(page.get_by_role("tab", name="Files and downloads")).to_be_visible()
         expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()  # the settings table
         shoot(page, shots, "run_details")
+
+        go_to(page, "Robustness")
+        expect(page.get_by_role("heading", name="What the corruptions look like")).to_be_visible()
+        shoot(page, shots, "robustness")
         browser.close()

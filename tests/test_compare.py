@@ -309,7 +309,12 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         counts = c.disagreement_counts(aligned, a, b)
         shown = [m.value for m in app.metric]
         assert shown == [f"{counts[k]:,}" for k in c.FILTERS]
-        assert any(m.value.startswith(f"**{counts[c.DISAGREE]:,} test images** match") for m in app.markdown)
+        galleries = pd.concat([artifacts.read_table(r, "gallery") for r in three_runs])
+        disagree = c.disagreements(aligned, a, b)
+        pictured = int(disagree["index"].isin(galleries["index"]).sum())
+        assert any(m.value.startswith(f"**{counts[c.DISAGREE]:,} test images** match, {pictured:,} of them with a "
+                                      "stored picture") for m in app.markdown)
+        assert len(app.image) == min(pictured, 24)
 
         app.session_state["compare_view"] = "Calibration"
         app.run()
@@ -318,6 +323,13 @@ def test_compare_page_shows_the_computed_figures(three_runs):
         assert table.ECE.to_numpy() == pytest.approx(
             [c.expected_calibration_error(aligned.probabilities[k], aligned.truth) for k in range(3)])
         assert any("No temperature scaling" in i.value for i in app.info)
+
+        other = fixture_runs.make_run("cnn_baseline", seed=9, n_test=300, minutes_after_start=300).run_id
+        app.session_state["selected_runs"] = [a, other]
+        app.run()
+        assert not app.exception, app.exception
+        assert any("different numbers of test images (400 and 300)" in w.value for w in app.warning)
+        assert any("Choose two or more runs evaluated on the same test set" in i.value for i in app.info)
 
 
 def test_evaluation_keeps_the_validation_probabilities():

@@ -377,6 +377,11 @@ def test_every_page_names_each_damaged_run_and_shows_the_good_ones(broken_set):
     assert_damaged_runs_named(app, broken)
     assert app.metric[0].label == "Test accuracy"
 
+    app.switch_page("pages/compare.py").run()
+    assert_damaged_runs_named(app, broken)
+    offered = {option for box in app.selectbox for option in box.options if "·" in str(option)}
+    assert offered and offered <= set(labels)
+
 
 def test_the_retrain_page_keeps_working_beside_damaged_runs(broken_set):
     good, broken = broken_set
@@ -424,7 +429,7 @@ def page_imports(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CIFAR_ARTIFACTS", str(root))
         fixture_runs.make_run("cnn_baseline")
-    pages = [*PAGES, "pages/retrain.py"]  # Retrain last: it still asks for keras (see below)
+    pages = [*PAGES, "pages/compare.py", "pages/retrain.py"]
     result = subprocess.run([sys.executable, "-c", PAGE_IMPORTS, str(APP), json.dumps(pages)], cwd=REPO,
                             env={**os.environ, "CIFAR_ARTIFACTS": str(root), "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=300)
@@ -434,14 +439,8 @@ def page_imports(tmp_path_factory):
 
 def test_pages_that_run_no_model_import_no_deep_learning_framework(page_imports):
     # Predict imports keras only to predict; drawn without an image, it imports nothing either.
-    for page in PAGES:
-        assert page_imports[page] == [], page
-
-
-@pytest.mark.xfail(reason="pages/retrain.py imports cifar.models (keras) for the model names until the fix "
-                          "of issue 13 lands (helper i14b); remove this mark then", strict=False)
-def test_the_retrain_page_imports_no_deep_learning_framework(page_imports):
-    assert page_imports["pages/retrain.py"] == []
+    for page, frameworks in page_imports.items():
+        assert frameworks == [], page
 
 
 def test_the_streamlit_internal_behind_the_first_request_workaround_is_still_there(tmp_path):

@@ -23,7 +23,7 @@ from cifar.jobs import training_command
 from cifar.jobs_local import LocalProcessBackend
 from cifar.models import REGISTRY
 from tests.datasets import make_class_folders
-from tests.fixture_runs import PROFILES, make_run
+from tests.fixture_runs import make_run
 
 
 @pytest.fixture
@@ -127,7 +127,6 @@ def test_each_recipe_is_a_valid_config_that_resolves_to_itself(model, monkeypatc
     spec = REGISTRY[model]
     assert set(spec.recipe) <= set(FIELDS) - {"model"}
     if spec.init_from:  # a donor run, for fine-tuning (any transfer model's synthetic results will do)
-        monkeypatch.setitem(PROFILES, spec.init_from, PROFILES.get(spec.init_from, PROFILES["vgg16_transfer"]))
         make_run(spec.init_from)
         other = make_run("cnn_baseline").run_id
         with pytest.raises(CifarError, match=f"{model} starts from a {spec.init_from} run"):

@@ -20,6 +20,7 @@ from cifar.errors import CifarError
 from cifar.jobs import JobError, Resources
 from cifar.jobs_local import LocalProcessBackend
 from tests.datasets import make_class_folders
+from tests.waiting import wait_for
 
 HEARTBEAT_TIMEOUT = 3.0
 BACKENDS = ["local", "ray"]
@@ -82,16 +83,6 @@ def data(tmp_path):
 def tiny(data, **overrides):
     """A training of a few seconds once TensorFlow is up: 30 train, 10 validation images."""
     return {"data": data, "epochs": 2, "limit_per_class": 4, "val_size": 10, "batch_size": 4, **overrides}
-
-
-def wait_for(check, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def group_alive(pgid) -> bool:

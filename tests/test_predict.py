@@ -473,14 +473,14 @@ def model(model_file):
 
 
 def make_run(model_file: Path, seed: int = 0) -> str:
-    """A complete, published run (tests.fixture_runs) whose model file is `model_file`."""
-    from tests import fixture_runs
-    real = fixture_runs.tiny_model_file
-    fixture_runs.tiny_model_file = lambda *args: model_file
+    """A complete, published sample run (cifar.sample_runs) whose model file is `model_file`."""
+    from cifar import sample_runs
+    real = sample_runs.tiny_model_file
+    sample_runs.tiny_model_file = lambda *args: model_file
     try:
-        return fixture_runs.make_run("cnn_baseline", seed=seed).run_id
+        return sample_runs.make_run("cnn_baseline", seed=seed).run_id
     finally:
-        fixture_runs.tiny_model_file = real
+        sample_runs.tiny_model_file = real
 
 
 def test_predict_top_k_orders_named_classes(model):

@@ -15,7 +15,9 @@ import pytest
 from cifar import artifacts
 from cifar.config import resolve_config
 from cifar.errors import RunError, TrainingError
+from cifar.sample_runs import images_for, make_run, pooled_png, probabilities_for, simulate_predictions
 from tests.datasets import make_class_folders
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(limit_per_class=4, val_size=10, batch_size=8, seed=1)
@@ -26,7 +28,7 @@ def tiny_data(tmp_path):
     return str(make_class_folders(tmp_path / "data", per_class_train=5, per_class_test=2))
 
 
-def test_train_publishes_a_complete_readable_run(tiny_data):
+def test_train_publishes_a_complete_readable_run_that_cannot_be_resumed(tiny_data):
     from cifar.train import start_run
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
     started = time.time()
@@ -64,6 +66,34 @@ def test_train_publishes_a_complete_readable_run(tiny_data):
     probabilities = model.predict(load_cifar10(tiny_data).x_test, verbose=0)
     np.testing.assert_allclose(probabilities, run["predictions"].filter(like="prob_").to_numpy(), atol=1e-5)
 
+    # A finished run cannot be resumed, and stays as it was published.
+    from cifar.train import resume_run
+    with pytest.raises(RunError, match="already complete"):
+        resume_run(run_id, verbose=0)
+    assert artifacts.verify_run(run_id) == [] and not artifacts.work_dir(run_id).exists()
+    assert artifacts.load_run(run_id)["metadata"] == meta
+
+    # Sample runs (the dashboard's test data) have exactly the columns a real run has.
+    sample = artifacts.load_run(make_run("cnn_baseline", n_test=20).run_id)
+    for name in artifacts.TABLES:
+        assert set(sample[name].columns) == set(run[name].columns), name
+    assert set(sample["metadata"]) == set(meta) and set(sample["metadata"]["data"]) == set(meta["data"])
+
+
+def test_evaluation_averages_are_sklearns():
+    from sklearn.metrics import precision_recall_fscore_support
+    from cifar.evaluate import evaluation_tables
+    rng = np.random.default_rng(0)
+    truth, predicted = simulate_predictions(0.6, 97, rng)
+    probabilities = probabilities_for(predicted, rng)
+    metrics = evaluation_tables(images_for(truth), truth, probabilities, images_per_s=1.0, latency_ms=1.0,
+                                encode=pooled_png).metrics.iloc[0]
+    for average in ("macro", "weighted"):
+        expected = precision_recall_fscore_support(truth, predicted, labels=list(range(10)), average=average,
+                                                   zero_division=0)[:3]
+        found = [metrics[f"{name}_{average}"] for name in ("precision", "recall", "f1")]
+        np.testing.assert_allclose(found, expected)
+
 
 def test_early_stopping_restores_the_best_epoch(tiny_data):
     from cifar.train import start_run
@@ -96,21 +126,14 @@ def test_crash_while_publishing_leaves_no_visible_run(tiny_data, monkeypatch):
     assert not any((artifacts.root() / ".staging").iterdir())
 
 
-def test_resume_refuses_unknown_and_finished_runs(tiny_data):
+def test_resume_refuses_unknown_runs_and_what_is_not_a_run_id():
     from cifar.train import resume_run
     with pytest.raises(RunError, match="no interrupted run"):
         resume_run("20261125T000000Z-cnn_baseline-abcd")
     with pytest.raises(RunError, match="not a run id"):
         resume_run("../../etc")
-
-
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    with pytest.raises(RunError, match="not a run id"):
+        resume_run("20261125T000000Z-cnn_baseline-abcd\n")
 
 
 def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
@@ -121,7 +144,7 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
                "--data", tiny_data, "--epochs", "4", "--limit-per-class", "5", "--val-size", "10",
                "--batch-size", "2", "--seed", "3"]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    state = artifacts.work_dir(run_id) / "state.json"
+    state = artifacts.work_dir(run_id) / artifacts.STATE_FILE
     progress = artifacts.progress_path(run_id)
 
     def mid_second_epoch():
@@ -133,9 +156,13 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
         except (OSError, ValueError, KeyError):
             return False
         return done >= 1 and now.get("batch", 0) >= 2
-    _wait_for(mid_second_epoch, 240, "the second epoch to start")
+    wait_for(mid_second_epoch, 240, "the second epoch to start")
     process.send_signal(signal.SIGKILL)
     process.wait(30)
+    # What a kill during publishing leaves: a staging folder of the dead process.
+    left = artifacts.staging_root() / artifacts.staging_folder_name(run_id, pid=process.pid)
+    left.mkdir(parents=True)
+    (left / "history.parquet").write_bytes(b"half")
 
     completed = json.loads(state.read_text())["completed_epochs"]
     assert 1 <= completed < 4
@@ -154,10 +181,11 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
     # The optimizer state survived the kill: its step counter kept counting
     # (40 training images / batch 2 = 20 steps per epoch), not restarting at 0.
     assert list(history.optimizer_steps) == [20, 40, 60, 80]
+    assert not any(artifacts.staging_root().iterdir()), "the dead publisher's staging folder is cleaned"
 
 
 def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
-    from cifar.train import _exclusive, interrupted_runs, resume_run, CONFIG_FILE, STATE_FILE
+    from cifar.train import _exclusive, interrupted_runs, resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     with _exclusive(work, run_id):
@@ -165,13 +193,13 @@ def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
             with _exclusive(work, run_id):
                 pass
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=1, **TINY)
-    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
-    (work / STATE_FILE).write_text("{half a json")
-    artifacts.write_json_atomic(work / "progress.json", {"status": "running", "pid": 2**22 + 12345})
+    artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
+    (work / artifacts.STATE_FILE).write_text("{half a json")
+    artifacts.write_json_atomic(artifacts.progress_path(run_id), {"status": "running", "pid": 2**22 + 12345})
     assert [(r["run_id"], r["status"]) for r in interrupted_runs()] == [(run_id, "interrupted")]
     with pytest.raises(RunError, match="damaged"):
         resume_run(run_id, verbose=0)
-    assert json.loads((work / "progress.json").read_text())["status"] == "failed"
+    assert json.loads(artifacts.progress_path(run_id).read_text())["status"] == "failed"
 
 
 def test_track_test_records_test_accuracy_each_epoch_without_touching_training(tiny_data):
@@ -222,21 +250,22 @@ def test_resume_refuses_a_checkpoint_of_another_network_version(tiny_data):
     the data) is refused with a message, and left as it was."""
     from cifar.data import load_cifar10
     from cifar.models import build_model
-    from cifar.train import CONFIG_FILE, STATE_FILE, resume_run
+    from cifar.train import resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     work.mkdir(parents=True)
     config = resolve_config("cnn_baseline", data=tiny_data, epochs=2, **TINY)
-    artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
-    build_model("cnn_regularized").save(work / "checkpoint-0001.keras")  # "another version"
-    state = {"completed_epochs": 1, "checkpoint": "checkpoint-0001.keras", "history": [],
+    artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
+    checkpoint = artifacts.checkpoint_name(1)
+    build_model("cnn_regularized").save(work / checkpoint)  # "another version"
+    state = {"completed_epochs": 1, "checkpoint": checkpoint, "history": [],
              "data_fingerprint": load_cifar10(tiny_data).fingerprint}
-    artifacts.write_json_atomic(work / STATE_FILE, state)
+    artifacts.write_json_atomic(work / artifacts.STATE_FILE, state)
     before = sorted(p.name for p in work.iterdir())
 
     with pytest.raises(RunError, match=r"another version of cnn_baseline: its layer \d+ is \w+ with weights "
                                        r"\[.*\] in the checkpoint, \w+ with weights \[.*\] in the current "
                                        r"code.*start a new run.*delete .*" + run_id):
         resume_run(run_id, verbose=0)
-    assert (work / "checkpoint-0001.keras").exists() and json.loads((work / STATE_FILE).read_text()) == state
+    assert (work / checkpoint).exists() and json.loads((work / artifacts.STATE_FILE).read_text()) == state
     assert set(before) <= {p.name for p in work.iterdir()}

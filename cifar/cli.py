@@ -156,7 +156,8 @@ def start_backend_quietly() -> None:
 def _needs_backend(args) -> bool:
     """Whether the command imports Keras at once (predict does, but only after decoding)."""
     return (args.command in ("models", "train", "resume")
-            or (args.command == "evaluate" and bool(args.recompute))
+            or (args.command == "evaluate" and any(getattr(args, flag, False) for flag in
+                                                   ("recompute", "robustness", "store_validation")))
             or (args.command == "data" and getattr(args, "source", None) == "keras")
             or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
 

@@ -125,13 +125,16 @@ def align(predictions: dict[str, pd.DataFrame]) -> Aligned:
 
 # ---------------------------------------------------------------- is the difference real?
 
-def accuracy_interval(correct: int, total: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Wilson score interval of an accuracy of `correct` out of `total` images."""
+def accuracy_interval(correct, total, confidence: float = CONFIDENCE):
+    """Wilson score interval of an accuracy of `correct` out of `total` images:
+    (low, high) as floats, or as arrays when given arrays; nan where total is 0."""
     from statsmodels.stats.proportion import proportion_confint  # slow import, only needed here
-    if not total:
-        return float("nan"), float("nan")
-    low, high = proportion_confint(int(correct), int(total), alpha=1 - confidence, method="wilson")
-    return float(low), float(high)
+    correct, total = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low, high = proportion_confint(correct, np.where(total > 0, total, np.nan),
+                                       alpha=1 - confidence, method="wilson")
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 
 def mcnemar_test(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:

@@ -8,7 +8,7 @@
 the table goes in through `artifacts.add_optional_table` (temp file, then
 os.replace), so a crash or Ctrl-C leaves the run as it was.
 
-Every accuracy carries a 95% Wilson interval (`wilson_interval`): at 1,000
+Every accuracy carries a 95% Wilson interval (`cifar.compare.accuracy_interval`): at 1,000
 images an accuracy of 0.80 is known to about +-0.025. The summary follows
 Hendrycks & Dietterich (2019): the corruption error CE of a corruption is the
 model's error summed over severities divided by the reference model's
@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cifar import NUM_CLASSES, artifacts
+from cifar.compare import accuracy_interval
 from cifar.corruptions import CORRUPTIONS, SEVERITIES, STAND_INS, corrupt, title
 from cifar.errors import CifarError, RunError
 
@@ -32,21 +33,10 @@ TABLE = "robustness"
 DEFAULT_IMAGES = 1000
 REFERENCE_MODEL = "cnn_baseline"
 CLEAN = "clean"
-Z_95 = 1.959963984540054
 
 
 
 # ---------------------------------------------------------------- statistics
-
-def wilson_interval(correct, total, z: float = Z_95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a proportion (vectorised); (nan, nan) where total is 0."""
-    correct, total = np.asarray(correct, dtype=float), np.asarray(total, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = correct / total
-        centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-        half = z * np.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return centre - half, centre + half
-
 
 def stratified_subset(labels: np.ndarray, n_images: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of `n_images` test images, as equal a share of each class as
@@ -97,7 +87,7 @@ def evaluate_images(model, images: np.ndarray, labels: np.ndarray, *, seed: int 
             on_step(step + 1, name, severity)
     table = pd.DataFrame(rows)
     table.insert(4, "accuracy", table.n_correct / table.n_images)
-    low, high = wilson_interval(table.n_correct, table.n_images)
+    low, high = accuracy_interval(table.n_correct, table.n_images)
     table.insert(5, "ci_low", low)
     table.insert(6, "ci_high", high)
     table["seed"] = seed
@@ -179,7 +169,7 @@ def summary(tables: dict[str, pd.DataFrame], reference: str | None) -> pd.DataFr
         corrupted = table[table.corruption != CLEAN]
         mean = float(corrupted.accuracy.mean())
         n = int(clean_row.n_images)
-        low, high = wilson_interval(mean * n, n)
+        low, high = accuracy_interval(mean * n, n)
         row = {"Run": label, "Images": n, "Clean accuracy": float(clean_row.accuracy),
                "Clean 95% interval": _interval_text(clean_row.ci_low, clean_row.ci_high),
                "Mean corruption accuracy": mean, "Mean 95% interval": _interval_text(low, high),

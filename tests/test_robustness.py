@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 import fixture_runs
 from cifar import artifacts, cli, robustness as r
+from cifar.compare import accuracy_interval
 from cifar.corruptions import CORRUPTIONS, SEVERITIES
 from cifar.errors import RunError
 from datasets import make_class_folders
@@ -23,13 +24,13 @@ def fake_table(clean: float, drop: float, n: int = 200, seed: int = 0) -> pd.Dat
     table["n_images"] = n
     table["n_correct"] = np.round(table.accuracy * n).astype(int)
     table["accuracy"] = table.n_correct / n
-    table["ci_low"], table["ci_high"] = r.wilson_interval(table.n_correct, n)
+    table["ci_low"], table["ci_high"] = accuracy_interval(table.n_correct, n)
     table["seconds"], table["seed"], table["data_fingerprint"] = 0.1, seed, "fixture"
     return table
 
 
 def test_wilson_interval_known_values():
-    low, high = r.wilson_interval([8, 0, 10], [10, 10, 10])
+    low, high = accuracy_interval([8, 0, 10], [10, 10, 10])
     np.testing.assert_allclose([low[0], high[0]], [0.4902, 0.9433], atol=1e-4)
     assert low[1] == pytest.approx(0) and 0.27 < high[1] < 0.28
     assert high[2] == pytest.approx(1) and low[2] == pytest.approx(1 - 0.2775, abs=1e-3)

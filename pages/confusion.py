@@ -5,7 +5,7 @@ behind them, and per-class scores. Only the open tab is computed."""
 import streamlit as st
 
 from cifar import CLASS_NAMES, dashboard as d
-from pages import _charts, _common
+from pages import _charts, _common, _explain
 
 PERCENT = "{:.1%}"  # one decimal everywhere (Streamlit's "percent" drops trailing zeros: 13% beside 12.45%)
 SCORES = {"f1": "F1", "precision": "Precision", "recall": "Recall"}
@@ -57,7 +57,6 @@ if cat_dog_tab.open:
     cat_dog_tab.plotly_chart(_charts.cat_dog(cat_dog), width="stretch")
 
 if mistakes.open:
-    from pages import _explain  # Grad-CAM needs keras: imported only where the heatmaps are drawn
     pairs = d.most_confused_pairs(confusions)
 
     def show_pair_images() -> None:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from cifar import dashboard as d, predict
 from cifar.errors import CifarError
-from pages import _common
+from pages import _common, _explain
 
 COLUMNS = {"Probability": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0,
                                                           width="small"),  # room for every column at 1440 px
@@ -48,8 +48,6 @@ if drawn:
 if not images:
     st.info("Upload one or more images, or draw a random test image, to see what each selected model predicts.")
     st.stop()
-
-from pages import _explain  # noqa: E402 - Grad-CAM needs keras: imported only once there is an image to explain
 
 models = {}
 with st.spinner("Loading the selected models (the first time takes a few seconds)…"):

@@ -317,24 +317,6 @@ def test_a_deep_link_as_a_servers_first_request_still_gets_the_whole_page():
 
 # ---------------------------------------------------------------- damaged runs
 
-@pytest.fixture(scope="module")
-def broken_root(tmp_path_factory):
-    """Good runs and one damaged run of every kind in tests/broken_runs.py,
-    built once for the module: (root, good ids, {kind: id})."""
-    root = tmp_path_factory.mktemp("broken") / "artifacts"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIFAR_ARTIFACTS", str(root))
-        good, broken = broken_runs.make_broken_set()
-    return root, good, broken
-
-
-@pytest.fixture
-def broken_set(broken_root, monkeypatch):
-    root, good, broken = broken_root
-    monkeypatch.setenv("CIFAR_ARTIFACTS", str(root))
-    return good, broken
-
-
 def assert_damaged_runs_named(app: AppTest, broken: dict[str, str]) -> None:
     """One notice names every damaged run with its reason; nothing failed."""
     assert not app.exception and not app.error, (app.exception, app.error)

@@ -11,7 +11,7 @@ data loading, training, test evaluation, publishing). The training's own
 seconds (`train_seconds` in the run's metadata) are printed beside it, so the
 difference is the job machinery plus start-up. Runs go to a temporary
 artifacts folder, deleted at the end. Without --data, a tiny generated
-class-folder set (tests/datasets.py) is used.
+class-folder set (cifar/sample_data.py) is used.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
         os.environ["CIFAR_JOBS_WORKER_IDLE_EXIT"] = "1"  # gone before the folder is deleted
         data = args.data
         if not data:
-            from tests.datasets import make_class_folders
+            from cifar.sample_data import make_class_folders
             data = str(make_class_folders(Path(temp), per_class_train=args.limit_per_class))
         from cifar import jobs
         from cifar.jobs_local import LocalProcessBackend

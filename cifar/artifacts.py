@@ -421,18 +421,7 @@ def read_table(run_id: str, name: str, *, allow_missing_model: bool = False) -> 
     info = get_run(run_id, allow_missing_model=allow_missing_model)
     if name in OPTIONAL_TABLES and not (info.path / f"{name}.parquet").is_file():
         raise RunError(f"run {run_id} has no {name} table yet; docs/ARTIFACTS.md gives the command that adds it")
-    data = (info.path / f"{name}.parquet").read_bytes()
-    _verified(info, f"{name}.parquet", data)
-    try:
-        frame = pd.read_parquet(io.BytesIO(data))
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
-                       "delete the run folder or re-run it") from exc
-    problems = run_schema.check_table(name, frame)
-    if problems:
-        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
-                       "delete the run folder or re-run it")
-    return frame
+    return _read_checked_table(info, name, "delete the run folder or re-run it")
 
 
 def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
@@ -444,17 +433,22 @@ def read_optional_table(run_id: str, name: str) -> pd.DataFrame | None:
     path = info.path / f"{name}.parquet"
     if not path.is_file() or path.name not in info.manifest.get("files", {}):
         return None
-    data = path.read_bytes()
-    _verified(info, path.name, data)
+    return _read_checked_table(info, name, "delete that file to read the run without it")
+
+
+def _read_checked_table(info: RunInfo, name: str, remedy: str) -> pd.DataFrame:
+    """A table's bytes checked against the manifest, parsed, and checked against its schema."""
+    data = (info.path / f"{name}.parquet").read_bytes()
+    _verified(info, f"{name}.parquet", data)
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for damaged files
-        raise RunError(f"table {name} of run {run_id} is damaged ({exc.__class__.__name__}); "
-                       "delete that file to read the run without it") from exc
+        raise RunError(f"table {name} of run {info.run_id} is damaged ({exc.__class__.__name__}); "
+                       f"{remedy}") from exc
     problems = run_schema.check_table(name, frame)
     if problems:
-        raise RunError(f"table {name} of run {run_id} does not match its schema ({'; '.join(problems)}); "
-                       "delete that file to read the run without it")
+        raise RunError(f"table {name} of run {info.run_id} does not match its schema "
+                       f"({'; '.join(problems)}); {remedy}")
     return frame
 
 

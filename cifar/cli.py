@@ -17,6 +17,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from cifar.config import whole_number  # noqa: E402
 from cifar.errors import CifarError  # noqa: E402
 
 # TensorFlow's native start-up lines (oneDNN, CUDA probing, CPU features) are
@@ -36,16 +37,6 @@ EXAMPLES = """examples:
   python -m cifar runs
   python -m cifar predict RUN_ID cat.jpg dog.png
 """
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--robustness", action="store_true",
                           help="accuracy under the 15 CIFAR-10-C corruptions at 5 severities; adds "
                                "robustness.parquet to the run")
-    evaluate.add_argument("--images", type=_positive_int, default=1000,
+    evaluate.add_argument("--images", type=whole_number, default=1000,
                           help="--robustness: test images, a seeded class-stratified subset (default 1000; "
                                "10000 for all)")
-    evaluate.add_argument("--seed", type=_positive_int, default=0, help="--robustness: subset and noise seed")
+    evaluate.add_argument("--seed", type=whole_number, default=0, help="--robustness: subset and noise seed")
     evaluate.add_argument("--store-validation", action="store_true",
                           help="re-predict the run's validation split (from its config and --data) and "
                                "add it to the run, for temperature scaling on the Compare page")
@@ -101,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top-3 classes of image files with a run's model")
     predict.add_argument("run_id")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top", type=_positive_int, default=3)
+    predict.add_argument("--top", type=whole_number, default=3)
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -156,7 +147,8 @@ def start_backend_quietly() -> None:
 def _needs_backend(args) -> bool:
     """Whether the command imports Keras at once (predict does, but only after decoding)."""
     return (args.command in ("models", "train", "resume")
-            or (args.command == "evaluate" and bool(args.recompute))
+            or (args.command == "evaluate" and any(getattr(args, flag, False) for flag in
+                                                   ("recompute", "robustness", "store_validation")))
             or (args.command == "data" and getattr(args, "source", None) == "keras")
             or (args.command == "jobs" and getattr(args, "jobs_command", None) == "submit"))
 

@@ -298,7 +298,8 @@ def validate(config: RunConfig) -> None:
 
 # ---------------------------------------------------------------- command-line flags
 
-def _whole_number(text: str) -> int:
+def whole_number(text: str) -> int:
+    """argparse type: an integer >= 0 (flags of every command use it)."""
     try:
         value = int(text)
     except ValueError:
@@ -327,7 +328,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if base is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            options["type"] = {int: _whole_number, float: _number, str: str}[base]
+            options["type"] = {int: whole_number, float: _number, str: str}[base]
             if f.metadata["choices"]:
                 options["choices"] = f.metadata["choices"]
         flags = f.metadata["flags"] or ("--" + name.replace("_", "-"),)

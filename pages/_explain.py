@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from cifar import CLASS_NAMES, dashboard, explain, predict
+from cifar import CLASS_NAMES, dashboard, predict
 from cifar.errors import CifarError
 from pages import _common
 
@@ -19,6 +19,8 @@ HOW_TO_READ = ("Bright areas are the pixels that pushed the model towards the cl
 @st.cache_data(show_spinner=False, max_entries=512)
 def _overlays(run_id: str, version: int, pixels: bytes, count: int, classes: tuple[int, ...] | None):
     """Overlays (N, 128, 128, 3) and the classes explained; classes None: each image's predicted class."""
+    from cifar import explain  # imports keras: only a heatmap pays for it, not every page importing this one
+
     model = _common.model(run_id)
     images = np.frombuffer(pixels, dtype=np.uint8).reshape(count, 32, 32, 3)
     chosen = (predict.predict_probabilities(model, images).argmax(axis=1) if classes is None

@@ -107,3 +107,25 @@ def ray_head(tmp_path_factory):
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+# ---------------------------------------------------------------- damaged runs
+
+@pytest.fixture(scope="session")
+def broken_root(tmp_path_factory):
+    """Good runs and one damaged run of every kind in tests/broken_runs.py,
+    built once for the session: (root, good ids, {kind: id})."""
+    import broken_runs
+    root = tmp_path_factory.mktemp("broken") / "artifacts"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CIFAR_ARTIFACTS", str(root))
+        good, broken = broken_runs.make_broken_set()
+    return root, good, broken
+
+
+@pytest.fixture
+def broken_set(broken_root, monkeypatch):
+    """(good ids, {kind: id}) with $CIFAR_ARTIFACTS pointing at them."""
+    root, good, broken = broken_root
+    monkeypatch.setenv("CIFAR_ARTIFACTS", str(root))
+    return good, broken

@@ -150,6 +150,7 @@ def test_every_page_renders_in_a_real_browser(tmp_path, monkeypatch):
         go_to(page, "Run details")
         expect(page.get_by_text("Test accuracy").filter(visible=True).first).to_be_visible()
         expect(page.get_by_role("tab", name="Files and downloads")).to_be_visible()
+        expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()  # the settings table
         shoot(page, shots, "run_details")
 
         go_to(page, "Robustness")

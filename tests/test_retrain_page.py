@@ -221,6 +221,7 @@ def test_a_sweep_submitted_on_the_page_runs_on_a_ray_head_and_appears_on_the_mod
     models = AppTest.from_file(APP, default_timeout=60)
     models.run()
     models.switch_page("pages/models.py").run()
+    models.toggle(key="all_runs").set_value(True).run()  # both seeds, not only the sidebar's default pick
     table = next(f.value for f in models.dataframe if d.ACCURACY in f.value.columns)
     assert table[table[d.SOURCE] == d.MEASURED_SOURCE][d.MODEL].tolist() == ["cnn_baseline", "cnn_baseline"]
 

@@ -14,23 +14,6 @@ from cifar.errors import RunError
 from fixture_runs import make_run
 
 
-@pytest.fixture(scope="module")
-def broken_root(tmp_path_factory):
-    """Good and damaged runs, built once for the module: (root, good ids, {kind: id})."""
-    root = tmp_path_factory.mktemp("broken") / "artifacts"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CIFAR_ARTIFACTS", str(root))
-        good, broken = broken_runs.make_broken_set()
-    return root, good, broken
-
-
-@pytest.fixture
-def broken_set(broken_root, monkeypatch):
-    root, good, broken = broken_root
-    monkeypatch.setenv("CIFAR_ARTIFACTS", str(root))
-    return good, broken
-
-
 # ---------------------------------------------------------------- the checks
 
 def test_metadata_of_the_wrong_shape_is_described_not_raised():

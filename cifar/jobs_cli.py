@@ -25,7 +25,7 @@ JOBS_EXAMPLES = """examples:
 
 
 def add_jobs_parser(subparsers) -> None:
-    from cifar.config import add_config_flags
+    from cifar.config import add_config_flags, whole_number
     from cifar.jobs import DEFAULT_ROBUSTNESS_IMAGES
     jobs = subparsers.add_parser("jobs", help="queue trainings and robustness evaluations in the background "
                                       "(as the dashboard does)",
@@ -51,7 +51,7 @@ def add_jobs_parser(subparsers) -> None:
 
     robustness = sub.add_parser("robustness", help="queue `evaluate RUN --robustness` for a run; prints the job id")
     robustness.add_argument("run_id", help="a published run (see: python -m cifar runs)")
-    robustness.add_argument("--images", type=_positive_int, default=DEFAULT_ROBUSTNESS_IMAGES,
+    robustness.add_argument("--images", type=whole_number, default=DEFAULT_ROBUSTNESS_IMAGES,
                             help="test images, a seeded class-stratified subset (default 1000; 10000 for all)")
     robustness.add_argument("--data", help="the CIFAR-10 copy whose test images to use (default: the run's "
                                            "recorded data source)")
@@ -76,16 +76,6 @@ def add_jobs_parser(subparsers) -> None:
     worker = sub.add_parser("worker", help="run the worker that starts queued jobs (one per machine)")
     worker.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                         help="exit after this long with nothing queued or running (default: never)")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
 
 
 def _non_negative(text: str) -> float:

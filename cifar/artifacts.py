@@ -142,6 +142,11 @@ def jobs_database_path() -> Path:
     return jobs_dir() / "jobs.sqlite"
 
 
+def ray_jobs_database_path() -> Path:
+    """The Ray job backend's records (written only by the machines that submit)."""
+    return jobs_dir() / "ray-jobs.sqlite"
+
+
 def jobs_worker_lock_path() -> Path:
     """Held (flock) by the one local job worker; holds its pid."""
     return jobs_dir() / "worker.lock"

@@ -205,7 +205,7 @@ class LocalProcessBackend(JobBackend):
         if row["status"] == "running" and row["kind"] == "robustness":
             progress = evaluation_progress(_tail(self.log_path(row["id"]), 5))
         elif row["status"] == "running":
-            progress = _read_json(artifacts.progress_path(row["run_id"]))
+            progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"]))
             if not progress and artifacts.run_dir(row["run_id"]).exists():
                 progress = {"status": "completed"}  # published; the process is exiting
         else:
@@ -324,7 +324,7 @@ class LocalProcessBackend(JobBackend):
         exit_code = _read_exit(self._exit_path(row["id"]))
         kind, what = row["kind"], WHAT.get(row["kind"], row["kind"])
         training = kind == "train"
-        progress = _read_json(artifacts.progress_path(row["run_id"])) if training else {}
+        progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"])) if training else {}
         done = result_in_place(kind, row["run_id"]) and (training or exit_code == 0)
         tail = _tail(self.log_path(row["id"]), LOG_TAIL_LINES)
         if row["cancel_requested_at"] is not None:
@@ -577,14 +577,6 @@ def _config_from_command_line(argv: list[str]) -> dict:
     if extra or args.command != "train":
         raise ValueError(f"unexpected arguments {extra or [args.command]}")
     return {"model": args.model, **config_overrides(args)}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        payload = artifacts.read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
 
 
 def _read_exit(path: Path) -> int | None:

@@ -10,7 +10,7 @@ capacity. Ray uploads this code with each job (`runtime_env.working_dir`);
 the nodes need the pinned requirements installed.
 
 - Records: the job list lives in SQLite beside the local backend's
-  (`artifacts.jobs_dir()/ray-jobs.sqlite`), not in Ray's job table. Job ids
+  (`artifacts.ray_jobs_database_path()`), not in Ray's job table. Job ids
   are small integers people type (`jobs cancel 3`), dedupe needs a
   transaction, a job spans several Ray jobs (one per attempt), and Ray's job
   table dies with a head that restarts without external Redis; the database
@@ -56,7 +56,7 @@ from cifar.errors import CifarError
 from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError,
                         JobSettings, Resources, evaluation_progress, job_command, prepare_request,
                         prepare_robustness, result_in_place, result_summary)
-from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line, _read_json,
+from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line,
                               _refuse_a_second_evaluation, check_resumable, lost_note, migrate_job_kinds)
 
 CONNECT_TIMEOUT = 3.0  # seconds; a dashboard must not hang on a cluster that is down
@@ -111,7 +111,7 @@ class RayJobsBackend(JobBackend):
                              "(e.g. http://127.0.0.1:8265)")
         self.settings = settings or JobSettings.from_env(**overrides)
         self.dir = artifacts.jobs_dir()
-        self.db_path = self.dir / "ray-jobs.sqlite"
+        self.db_path = artifacts.ray_jobs_database_path()
         self._client = None
 
     # ------------------------------------------------------------ the cluster
@@ -237,7 +237,7 @@ class RayJobsBackend(JobBackend):
             except (CifarError, RuntimeError):  # the cluster went away: no progress, not an error
                 progress = {}
         elif row["status"] == "running":
-            progress = _read_json(artifacts.progress_path(row["run_id"]))
+            progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"]))
             if not progress and artifacts.run_dir(row["run_id"]).exists():
                 progress = {"status": "completed"}
         else:
@@ -394,7 +394,7 @@ class RayJobsBackend(JobBackend):
             return
         kind, what = row["kind"], WHAT.get(row["kind"], row["kind"])
         training = kind == "train"
-        progress = _read_json(artifacts.progress_path(row["run_id"])) if training else {}
+        progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"])) if training else {}
         done = result_in_place(kind, row["run_id"]) and (training or state == "SUCCEEDED")
         exit_code = info.driver_exit_code if info else None
         if row["cancel_requested_at"] is not None:

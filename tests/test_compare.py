@@ -123,6 +123,10 @@ def test_accuracy_interval_is_wilson_and_shows_on_the_models_table():
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n
                                                                                         + z * z / (4 * n * n))
     assert (low, high) == pytest.approx((centre - half, centre + half))
+    from statsmodels.stats.proportion import proportion_confint
+    counts, totals = np.array([0, 3, 9044, 50]), np.array([10, 10, 10_000, 50])
+    assert np.allclose(c.accuracy_interval(counts, totals),
+                       proportion_confint(counts, totals, alpha=0.05, method="wilson"))
     row = d.measured_row("20261125T202131Z-fast_cnn-2048", {}, {"test_accuracy": 0.9044, "n_test": 10_000})
     assert row[d.ACCURACY_CI] == f"{low:.1%} to {high:.1%}"
 

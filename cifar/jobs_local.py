@@ -42,8 +42,8 @@ from pathlib import Path
 from cifar import artifacts
 from cifar.errors import CifarError
 from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings,
-                        evaluation_progress, job_command, prepare_request, prepare_robustness, result_in_place,
-                        result_summary)
+                        job_command, prepare_request, prepare_robustness, result_in_place, result_summary)
+from cifar.jobs_store import JobStore
 
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
 LOG_TAIL_LINES = 40
@@ -143,80 +143,33 @@ _WRAPPER = 'exit_file="$1"; shift; "$@"; echo $? > "$exit_file.tmp" && mv "$exit
 _DETACH = 'log="$1"; shift; "$@" </dev/null >>"$log" 2>&1 &'
 
 
-class LocalProcessBackend(JobBackend):
+class LocalProcessBackend(JobStore, JobBackend):
     """Jobs as detached process groups on this machine, recorded in SQLite."""
 
     def __init__(self, settings: JobSettings | None = None, **overrides):
         self.settings = settings or JobSettings.from_env(**overrides)
         self.dir = artifacts.jobs_dir()
         self.db_path = artifacts.jobs_database_path()
-        self._schema_ready = False
 
-    # ------------------------------------------------------------ storage
+    # ------------------------------------------------------------ storage (cifar/jobs_store.py)
 
-    def _connect(self) -> sqlite3.Connection:
-        if not self._schema_ready:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        if not self._schema_ready:
-            con.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker
-            con.executescript(SCHEMA)
-            _migrate_command_lines(con)
-            migrate_job_kinds(con, SCHEMA)
-            con.executescript(INDEXES)
-            self._schema_ready = True
-        return con
+    SCHEMA, INDEXES = SCHEMA, INDEXES
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        con = self._connect()
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+    def _prepare(self, con: sqlite3.Connection) -> None:
+        con.execute("PRAGMA journal_mode=WAL")  # readers never wait for the worker
+        super()._prepare(con)
 
-    def _rows(self, sql: str, params=()) -> list[sqlite3.Row]:
-        con = self._connect()
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        _migrate_command_lines(con)
 
-    def _row(self, job_id: int) -> sqlite3.Row:
-        rows = self._rows("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
-        if not rows:
-            raise JobError(f"no job {job_id}; list jobs with: python -m cifar jobs list")
-        return rows[0]
+    def _evaluation_log_tail(self, row: sqlite3.Row) -> str:
+        return _tail(self.log_path(row["id"]), 5)
 
     def log_path(self, job_id: int) -> Path:
         return artifacts.job_log_path(job_id)
 
     def _exit_path(self, job_id: int) -> Path:
         return artifacts.job_exit_path(job_id)
-
-    def _job(self, row: sqlite3.Row, reused: bool = False) -> Job:
-        if row["status"] == "running" and row["kind"] == "robustness":
-            progress = evaluation_progress(_tail(self.log_path(row["id"]), 5))
-        elif row["status"] == "running":
-            progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"]))
-            if not progress and artifacts.run_dir(row["run_id"]).exists():
-                progress = {"status": "completed"}  # published; the process is exiting
-        else:
-            progress = json.loads(row["last_progress"] or "{}")
-        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
-                   status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
-                   queued_at=row["queued_at"], started_at=row["started_at"],
-                   finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
-                   log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
-                   pgid=row["pgid"], progress=progress, reused=reused, kind=row["kind"],
-                   payload=json.loads(row["payload"]))
 
     # ------------------------------------------------------------ the interface
 
@@ -497,37 +450,6 @@ def _refuse_a_second_evaluation(con: sqlite3.Connection, kind: str, run_id: str 
     if other is not None:
         raise JobError(f"run {run_id} already has a robustness evaluation queued or running (job {other['id']}); "
                        f"wait for it, or cancel it first")
-
-
-def migrate_job_kinds(con: sqlite3.Connection, schema: str) -> None:
-    """Databases from before robustness jobs: every job becomes a "train" job, and
-    run ids stop being unique (several evaluations may read one run; the
-    one_training_per_run index keeps trainings apart). SQLite cannot drop a
-    UNIQUE constraint, so the table is rebuilt from `schema` and its rows,
-    ids and id counter copied, in one transaction. Runs once, whoever opens
-    the old database first; the Ray backend's database uses it too."""
-    def columns():
-        return [row[1] for row in con.execute("PRAGMA table_info(jobs)")]
-    if not columns() or "kind" in columns():
-        return
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        old = columns()
-        if old and "kind" not in old:
-            table = schema[:schema.index("\n);") + 3]  # the CREATE TABLE statement (comments hold ';')
-            con.execute(table.replace("CREATE TABLE IF NOT EXISTS jobs", "CREATE TABLE jobs_new", 1))
-            new = [row[1] for row in con.execute("PRAGMA table_info(jobs_new)")]
-            shared = ", ".join(name for name in old if name in new)
-            con.execute(f"INSERT INTO jobs_new ({shared}) SELECT {shared} FROM jobs")
-            counter = con.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
-            con.execute("DROP TABLE jobs")
-            con.execute("ALTER TABLE jobs_new RENAME TO jobs")
-            if counter is not None:  # ids of deleted jobs are never handed out again
-                con.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'jobs'", (counter[0],))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def _migrate_command_lines(con: sqlite3.Connection) -> None:

@@ -39,7 +39,6 @@ the nodes need the pinned requirements installed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -54,10 +53,11 @@ from urllib.parse import urlparse
 from cifar import artifacts
 from cifar.errors import CifarError
 from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError,
-                        JobSettings, Resources, evaluation_progress, job_command, prepare_request,
-                        prepare_robustness, result_in_place, result_summary)
+                        JobSettings, Resources, job_command, prepare_request, prepare_robustness,
+                        result_in_place, result_summary)
 from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line,
-                              _refuse_a_second_evaluation, check_resumable, lost_note, migrate_job_kinds)
+                              _refuse_a_second_evaluation, check_resumable, lost_note)
+from cifar.jobs_store import JobStore
 
 CONNECT_TIMEOUT = 3.0  # seconds; a dashboard must not hang on a cluster that is down
 # Not uploaded with each job: results, data archives, version control.
@@ -99,7 +99,7 @@ def _unreachable(address: str, reason) -> CifarError:
                       f"`ray start --head`, fix RAY_ADDRESS, or unset CIFAR_JOBS_BACKEND to train on this machine")
 
 
-class RayJobsBackend(JobBackend):
+class RayJobsBackend(JobStore, JobBackend):
     """Jobs as Ray jobs on a cluster, recorded in SQLite next to the artifacts."""
 
     name = "ray"
@@ -182,43 +182,15 @@ class RayJobsBackend(JobBackend):
                                 f"GPUs it asks for; jobs run side by side while they fit.",
                         free_cpus=free_cpus, total_cpus=total_cpus, free_gpus=free_gpus, total_gpus=total_gpus)
 
-    # ------------------------------------------------------------ storage
+    # ------------------------------------------------------------ storage (cifar/jobs_store.py)
 
-    def _connect(self) -> sqlite3.Connection:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.executescript(SCHEMA)
-        migrate_job_kinds(con, SCHEMA)
-        con.executescript(INDEXES)
-        return con
+    SCHEMA, INDEXES = SCHEMA, INDEXES
 
-    @contextlib.contextmanager
-    def _transaction(self):
-        con = self._connect()
+    def _evaluation_log_tail(self, row: sqlite3.Row) -> str:
         try:
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
-
-    def _rows(self, sql: str, params=()) -> list[sqlite3.Row]:
-        con = self._connect()
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
-
-    def _row(self, job_id: int) -> sqlite3.Row:
-        rows = self._rows("SELECT * FROM jobs WHERE id = ?", (int(job_id),))
-        if not rows:
-            raise JobError(f"no job {job_id}; list jobs with: python -m cifar jobs list")
-        return rows[0]
+            return self.logs(row["id"], 5)
+        except (CifarError, RuntimeError):  # the cluster went away: no progress, not an error
+            return ""
 
     def _update(self, row: sqlite3.Row, **values) -> bool:
         """Write `values` unless someone else changed the job's status or attempt first."""
@@ -229,25 +201,6 @@ class RayJobsBackend(JobBackend):
             con.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in values)} WHERE id = ?",
                         (*values.values(), row["id"]))
         return True
-
-    def _job(self, row: sqlite3.Row, reused: bool = False) -> Job:
-        if row["status"] == "running" and row["kind"] == "robustness":
-            try:
-                progress = evaluation_progress(self.logs(row["id"], 5))
-            except (CifarError, RuntimeError):  # the cluster went away: no progress, not an error
-                progress = {}
-        elif row["status"] == "running":
-            progress = artifacts.read_json_or_empty(artifacts.progress_path(row["run_id"]))
-            if not progress and artifacts.run_dir(row["run_id"]).exists():
-                progress = {"status": "completed"}
-        else:
-            progress = json.loads(row["last_progress"] or "{}")
-        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
-                   status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
-                   queued_at=row["queued_at"], started_at=row["started_at"],
-                   finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
-                   log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
-                   progress=progress, reused=reused, kind=row["kind"], payload=json.loads(row["payload"]))
 
     # ------------------------------------------------------------ the interface
 

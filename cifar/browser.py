@@ -26,6 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 # JavaScript: true once Streamlit has finished its script run and drawn it.
 PAGE_IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')
     && !document.querySelector('[data-stale="true"]')
+    && !document.querySelector('[data-testid="stSkeleton"], [data-testid="stSpinner"]')
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))
     && [...document.images].every(image => image.complete)"""
 

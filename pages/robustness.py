@@ -43,8 +43,15 @@ if tables:
                    "compare them with care.", icon=":material/warning:")
     st.subheader("Summary")
     summary = r.summary(tables, reference)
-    st.dataframe(summary, hide_index=True, column_config={
-        "Clean accuracy": PERCENT, "Mean corruption accuracy": PERCENT, "Relative drop": PERCENT,
+    st.dataframe(summary, hide_index=True, column_config={  # short labels: all nine columns fit at 1440 px
+        "Run": st.column_config.TextColumn(width="medium"),
+        "Clean accuracy": st.column_config.NumberColumn("Clean", format="percent"),
+        "Clean 95% interval": st.column_config.TextColumn("Clean 95% CI"),
+        "Mean corruption accuracy": st.column_config.NumberColumn(
+            "Corrupted", format="percent", help="Mean accuracy over the 15 corruptions at 5 severities"),
+        "Mean 95% interval": st.column_config.TextColumn("Corrupted 95% CI"),
+        "Relative drop": st.column_config.NumberColumn("Drop", format="percent",
+                                                       help="(clean - corrupted) / clean"),
         "mCE": st.column_config.NumberColumn(format="percent", help="Mean corruption error, each corruption's "
                                              "error relative to the reference run's (100% = as robust)"),
         "Relative mCE": st.column_config.NumberColumn(format="percent", help="The same with each error minus the "

@@ -11,7 +11,8 @@ import streamlit as st
 
 from pages import _common
 
-st.set_page_config(page_title="CIFAR-10 model comparison", page_icon="🖼️", layout="wide")
+# A Material icon, not an emoji: an emoji makes Streamlit load its emoji catalogue on every cold start.
+st.set_page_config(page_title="CIFAR-10 model comparison", page_icon=":material/image:", layout="wide")
 
 pages = [
     st.Page("pages/models.py", title="Models", icon=":material/leaderboard:", default=True),

@@ -268,7 +268,7 @@ def cmd_runs(args) -> int:
     rows = []
     for info in runs:
         try:  # a table changed since publication shows only when read: the run is skipped, with why
-            m = artifacts.read_table(info.run_id, "metrics").iloc[0]
+            m = artifacts.read_metrics(info)
         except CifarError as exc:
             skipped.append(artifacts.Skipped(info.run_id, str(exc)))
             continue

@@ -47,7 +47,7 @@ def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple
     listed, reasons, metrics = [], [(s.name, s.reason) for s in skipped], {}
     for run in runs:
         try:
-            metrics[run.run_id] = artifacts.read_table(run.run_id, "metrics").iloc[0].to_dict()
+            metrics[run.run_id] = artifacts.read_metrics(run)
             listed.append((run.run_id, run.metadata))
         except CifarError as exc:
             reasons.append((run.run_id, str(exc)))

@@ -2,6 +2,7 @@
 damaged run of tests/broken_runs.py through the reading module and every
 CLI command, which must name the run with its reason and go on with the rest."""
 
+import shutil
 import signal
 
 import numpy as np
@@ -78,6 +79,28 @@ def test_listing_skips_each_damaged_run_with_its_reason_and_keeps_the_good_ones(
         artifacts.read_table(broken["modified_table"], "metrics")
     assert artifacts.read_table(broken["modified_table"], "history").epoch.iloc[0] == 1  # untouched tables read
     assert set(artifacts.all_runs_table("metrics").run_id) == set(good)
+
+
+def test_listing_reads_metrics_as_read_table_does_and_refuses_what_it_refuses(broken_set, tmp_path):
+    good, broken = broken_set
+    # read_metrics checks types and row count only: right while every metrics column is a number.
+    schema = run_schema.TABLE_SCHEMAS["metrics"]
+    assert set({**schema.columns, **schema.optional_columns}.values()) <= {"int", "number"}
+    runs = {info.run_id: info for info in artifacts.scan_runs()[0]}
+    for run_id in good:
+        expected = artifacts.read_table(run_id, "metrics").iloc[0].to_dict()
+        assert artifacts.read_metrics(runs[run_id]) == pytest.approx(expected, nan_ok=True)
+    with pytest.raises(RunError, match=broken_runs.REASONS["modified_table"]):
+        artifacts.read_metrics(runs[broken["modified_table"]])
+    info = runs[good[0]]
+    info = artifacts.RunInfo(info.run_id, shutil.copytree(info.path, tmp_path / info.run_id), info.metadata)
+    for damaged, reason in ((pd.DataFrame({"n_test": [1]}), "metrics lacks columns test_accuracy"),
+                            (pd.read_parquet(info.path / "metrics.parquet").iloc[:0], "metrics is empty")):
+        damaged.to_parquet(info.path / "metrics.parquet")
+        manifest = artifacts.read_json(info.path / artifacts.MANIFEST_FILE)
+        manifest["files"]["metrics.parquet"] = artifacts.sha256_file(info.path / "metrics.parquet")
+        with pytest.raises(RunError, match=reason):
+            artifacts.read_metrics(artifacts.RunInfo(info.run_id, info.path, info.metadata, manifest))
 
 
 def test_a_checksum_is_computed_once_per_file_version(broken_set, monkeypatch):

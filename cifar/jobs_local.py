@@ -43,10 +43,9 @@ from cifar import artifacts
 from cifar.errors import CifarError
 from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings,
                         job_command, prepare_request, prepare_robustness, result_in_place, result_summary)
-from cifar.jobs_store import JobStore
+from cifar.jobs_store import (LOG_TAIL_LINES, PACKAGE_PARENT, RESULT_OF, JobStore, check_resumable, error_line,
+                              lost_note, refuse_a_second_evaluation)
 
-PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
-LOG_TAIL_LINES = 40
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -128,15 +127,6 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _error_line(tail: str) -> str | None:
-    """The CLI's one-line `error: ...`, else the last line (a traceback's exception)."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line.removeprefix("error:").strip()
-    return lines[-1] if lines else None
-
-
 # The shell stays in the job's process group and records how the training ended.
 _WRAPPER = 'exit_file="$1"; shift; "$@"; echo $? > "$exit_file.tmp" && mv "$exit_file.tmp" "$exit_file"'
 # A double fork: the shell exits at once, so the worker is nobody's zombie.
@@ -195,7 +185,7 @@ class LocalProcessBackend(JobStore, JobBackend):
                 "(status != 'cancelled' AND created_at > ?)) ORDER BY id DESC LIMIT 1",
                 (key, now - self.settings.dedupe_window)).fetchone()
             if row is None:
-                _refuse_a_second_evaluation(con, kind, run_id)
+                refuse_a_second_evaluation(con, kind, run_id)
                 job_id = con.execute(
                     "INSERT INTO jobs (run_id, model, kind, config, payload, config_key, status, submitted_by, "
                     "created_at, queued_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
@@ -290,9 +280,9 @@ class LocalProcessBackend(JobStore, JobBackend):
             status, error = "succeeded", None
             progress = result_summary(kind, row["run_id"])
         elif exit_code is not None and 0 < exit_code < 128:
-            status, error = "failed", _error_line(tail) or f"the {what} exited with code {exit_code}"
+            status, error = "failed", error_line(tail) or f"the {what} exited with code {exit_code}"
         elif exit_code == 0:
-            status, error = "failed", f"the {what} exited without {_RESULT[kind]}"
+            status, error = "failed", f"the {what} exited without {RESULT_OF[kind]}"
         else:
             heartbeat = max(progress.get("updated_at") or 0, row["started_at"] or 0)
             if now - heartbeat < self.settings.heartbeat_timeout:
@@ -417,39 +407,6 @@ class LocalProcessBackend(JobStore, JobBackend):
             return subprocess.Popen(["/bin/sh", "-c", _WRAPPER, "cifar-job", str(exit_path), *command],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=PACKAGE_PARENT, env=env, start_new_session=True)
-
-
-_RESULT = {"train": "publishing a run", "robustness": "writing the run's robustness table"}
-
-
-def lost_note(kind: str, progress: dict, job_id: int) -> str:
-    """What a lost job had done, and how to resume it."""
-    if kind == "train":
-        return (f"{progress.get('epoch', 0)} epochs were complete. "
-                f"Resume with: python -m cifar jobs resume {job_id}")
-    return f"the run is as it was. Start it again with: python -m cifar jobs resume {job_id}"
-
-
-def check_resumable(row: sqlite3.Row) -> None:
-    """Refuse to resume a job that is not lost or failed, a training whose run is
-    already published, or an evaluation whose run is gone."""
-    if row["status"] not in ("lost", "failed"):
-        raise JobError(f"job {row['id']} is {row['status']}; only lost or failed jobs can be resumed")
-    if row["kind"] == "train" and artifacts.run_dir(row["run_id"]).exists():
-        raise JobError(f"run {row['run_id']} of job {row['id']} is already published")
-    if row["kind"] == "robustness":
-        artifacts.get_run(row["run_id"])  # a RunError saying the run is gone
-
-
-def _refuse_a_second_evaluation(con: sqlite3.Connection, kind: str, run_id: str | None) -> None:
-    """One robustness evaluation of a run at a time: two would race to write its table."""
-    if kind != "robustness":
-        return
-    other = con.execute("SELECT id FROM jobs WHERE kind = 'robustness' AND run_id = ? AND "
-                        "status IN ('queued', 'running') LIMIT 1", (run_id,)).fetchone()
-    if other is not None:
-        raise JobError(f"run {run_id} already has a robustness evaluation queued or running (job {other['id']}); "
-                       f"wait for it, or cancel it first")
 
 
 def _migrate_command_lines(con: sqlite3.Connection) -> None:

@@ -55,9 +55,8 @@ from cifar.errors import CifarError
 from cifar.jobs import (ACTIVE, DEFAULT_ROBUSTNESS_IMAGES, WHAT, Capacity, Job, JobBackend, JobError,
                         JobSettings, Resources, job_command, prepare_request, prepare_robustness,
                         result_in_place, result_summary)
-from cifar.jobs_local import (_RESULT, LOG_TAIL_LINES, PACKAGE_PARENT, _error_line,
-                              _refuse_a_second_evaluation, check_resumable, lost_note)
-from cifar.jobs_store import JobStore
+from cifar.jobs_store import (LOG_TAIL_LINES, PACKAGE_PARENT, RESULT_OF, JobStore, check_resumable, error_line,
+                              lost_note, refuse_a_second_evaluation)
 
 CONNECT_TIMEOUT = 3.0  # seconds; a dashboard must not hang on a cluster that is down
 # Not uploaded with each job: results, data archives, version control.
@@ -228,7 +227,7 @@ class RayJobsBackend(JobStore, JobBackend):
                 (key, now - self.settings.dedupe_window)).fetchone()
             if row is not None:
                 return self._job(row, reused=True)
-            _refuse_a_second_evaluation(con, kind, run_id)
+            refuse_a_second_evaluation(con, kind, run_id)
             job_id = con.execute(
                 "INSERT INTO jobs (run_id, model, kind, config, payload, config_key, status, submitted_by, "
                 "created_at, queued_at, cpus, gpus) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
@@ -360,10 +359,10 @@ class RayJobsBackend(JobStore, JobBackend):
             status, error = "succeeded", None
             progress = result_summary(kind, row["run_id"])
         elif state == "SUCCEEDED":
-            status, error = "failed", f"the {what} exited without {_RESULT[kind]}"
+            status, error = "failed", f"the {what} exited without {RESULT_OF[kind]}"
         elif state == "FAILED" and exit_code is not None and 0 < exit_code < 128:
             tail = self.logs(row["id"], LOG_TAIL_LINES)
-            status, error = "failed", _error_line(tail) or f"the {what} exited with code {exit_code}"
+            status, error = "failed", error_line(tail) or f"the {what} exited with code {exit_code}"
         elif state == "FAILED" and exit_code is None and info.error_type and "DIED" not in str(info.error_type):
             status, error = "failed", f"Ray could not run it: {info.message}"
         else:

@@ -3,7 +3,10 @@ and indexes each backend names, opened, migrated and read the same way.
 
 `LocalProcessBackend` (cifar/jobs_local.py) and `RayJobsBackend`
 (cifar/jobs_ray.py) inherit this; each says where its database lives, what
-its schema is, and how a running evaluation's log tail is read.
+its schema is, and how a running evaluation's log tail is read. What both
+decide alike about a record lives here too: the error line a failed job
+keeps, what a lost job had done, which jobs may be resumed, and that a run
+has one robustness evaluation at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from pathlib import Path
 
 from cifar import artifacts
 from cifar.jobs import Job, JobError, evaluation_progress
+
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent  # where `python -m cifar` is importable
+LOG_TAIL_LINES = 40  # lines of a job's log kept with a failed or lost record
+# What each kind of job leaves behind when it succeeds.
+RESULT_OF = {"train": "publishing a run", "robustness": "writing the run's robustness table"}
 
 
 class JobStore:
@@ -122,3 +130,44 @@ def migrate_job_kinds(con: sqlite3.Connection, schema: str) -> None:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+# ---------------------------------------------------------------- what both backends decide alike
+
+def error_line(tail: str) -> str | None:
+    """The CLI's one-line `error: ...`, else the last line (a traceback's exception)."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    return lines[-1] if lines else None
+
+
+def lost_note(kind: str, progress: dict, job_id: int) -> str:
+    """What a lost job had done, and how to resume it."""
+    if kind == "train":
+        return (f"{progress.get('epoch', 0)} epochs were complete. "
+                f"Resume with: python -m cifar jobs resume {job_id}")
+    return f"the run is as it was. Start it again with: python -m cifar jobs resume {job_id}"
+
+
+def check_resumable(row: sqlite3.Row) -> None:
+    """Refuse to resume a job that is not lost or failed, a training whose run is
+    already published, or an evaluation whose run is gone."""
+    if row["status"] not in ("lost", "failed"):
+        raise JobError(f"job {row['id']} is {row['status']}; only lost or failed jobs can be resumed")
+    if row["kind"] == "train" and artifacts.run_dir(row["run_id"]).exists():
+        raise JobError(f"run {row['run_id']} of job {row['id']} is already published")
+    if row["kind"] == "robustness":
+        artifacts.get_run(row["run_id"])  # a RunError saying the run is gone
+
+
+def refuse_a_second_evaluation(con: sqlite3.Connection, kind: str, run_id: str | None) -> None:
+    """One robustness evaluation of a run at a time: two would race to write its table."""
+    if kind != "robustness":
+        return
+    other = con.execute("SELECT id FROM jobs WHERE kind = 'robustness' AND run_id = ? AND "
+                        "status IN ('queued', 'running') LIMIT 1", (run_id,)).fetchone()
+    if other is not None:
+        raise JobError(f"run {run_id} already has a robustness evaluation queued or running (job {other['id']}); "
+                       f"wait for it, or cancel it first")

@@ -217,7 +217,10 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 
 def read_json(path: Path) -> dict:
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:  # nested thousands deep: garbage, reported as any other bad JSON
+            raise ValueError(f"{Path(path).name} is nested too deeply to be JSON") from None
 
 
 def read_json_or_empty(path: Path) -> dict:
@@ -405,7 +408,13 @@ def runs_signature() -> tuple:
     base = runs_dir()
     if not base.is_dir():
         return ()
-    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in base.iterdir()))
+    found = []
+    for path in base.iterdir():
+        try:
+            found.append((path.name, path.stat().st_mtime_ns))
+        except OSError:  # deleted since it was listed: it is not there any more
+            continue
+    return tuple(sorted(found))
 
 
 def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
@@ -598,7 +607,10 @@ def _checked_manifest(path: Path, metadata: dict, allow_missing_model: bool) -> 
 
 
 def _footer_problems(path: Path, table: str) -> tuple[str, ...]:
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError:  # deleted since the run was listed
+        return (f"{table}.parquet vanished while the run was read",)
     return _footer_problems_cached(str(path), stat.st_size, stat.st_mtime_ns, table)
 
 

@@ -368,6 +368,10 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
         return Skipped(name, "not a folder")
     if not is_run_id(name):
         return Skipped(name, "folder name is not a run id")
+    try:
+        parse_run_id(name)
+    except RunError:  # 20261399T..., say: every reader of a run's label would fail on it
+        return Skipped(name, "folder name is not a run id (its time is not a date)")
     required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
     missing = [f for f in required if not (path / f).is_file()]
     if missing:

@@ -263,7 +263,9 @@ def test_every_page_over_a_run_of_extreme_but_valid_tables(runs):
     history = table(extreme, "history")[["epoch", "loss", "accuracy"]]
     replace_table(extreme, "history", pd.concat([history, history.tail(1)], ignore_index=True))
     replace_table(extreme, "per_class", table(extreme, "per_class").assign(class_name="cat"))
-    replace_table(extreme, "gallery", table(extreme, "gallery").assign(png=b"not a png"))
+    # One picture (no slider to pick another on Robustness), and not a picture at all.
+    replace_table(extreme, "gallery", table(extreme, "gallery").head(1).assign(
+        true_index=CLASS_NAMES.index("dog"), pred_index=CLASS_NAMES.index("cat"), correct=False, png=b"not a png"))
     replace_table(extreme, "robustness", robustness_table().query("corruption != 'clean'").drop(columns="seed"))
     replace_table(good, "robustness", robustness_table())
     change_metadata(extreme, environment={"hardware": {"label": "x", "gpus": [1, None]}},
@@ -272,10 +274,17 @@ def test_every_page_over_a_run_of_extreme_but_valid_tables(runs):
              (PAGES[1], {"x": "Wall time (minutes)", "metric": "Loss"}),
              (PAGES[2], {"confusion_view": "Most-confused pairs"}), (PAGES[2], {"confusion_view": "Per-class scores"}),
              (PAGES[3], {"compare_view": "Where they differ"}), (PAGES[5], {"details_view": "Environment"}),
+             (PAGES[2], {"confusion_view": "Most-confused pairs", "true_class": "dog", "predicted_class": "cat"}),
              (PAGES[6], {})]
     for page, params in views:
         app = open_at(page, [extreme, good], **params)
         assert_usable(app, page)
+        if params.get("true_class") == "dog":
+            assert any("stored picture is damaged" in caption.value for caption in app.caption)
+        if page == PAGES[6]:
+            assert any("stored picture is not an image" in w.value for w in app.warning)
+            summary = app.dataframe[0].value  # both runs, the one without a clean row too
+            assert len(summary) == 2 and d.run_label(good, artifacts.get_run(good).metadata) in summary.Run.tolist()
     assert any("did not record the time of each epoch" in i.value for i in open_at(PAGES[1], [extreme, good],
                                                                                   x="Wall time (minutes)").info)
     app = open_at(PAGES[4], [extreme, good])
@@ -318,12 +327,16 @@ def test_a_run_deleted_between_its_check_and_its_read(runs, monkeypatch):
     assert len(app.get("plotly_chart")) == 1
 
 
-def test_a_listing_survives_json_nested_too_deep_to_parse(runs):
+def test_a_listing_survives_deep_json_and_a_run_id_that_is_no_date(runs):
     deep, good = runs
+    no_date = "20261399T990000Z-cnn_baseline-0001"  # the shape of a run id, but month 13
+    shutil.copytree(artifacts.run_dir(good), artifacts.runs_dir() / no_date)
     (artifacts.run_dir(deep) / artifacts.METADATA_FILE).write_text("[" * 100_000)
     listed, skipped = artifacts.scan_runs()
     assert [run.run_id for run in listed] == [good]
-    assert "metadata.json is unreadable (ValueError)" in dict((s.name, s.reason) for s in skipped)[deep]
+    reasons = {s.name: s.reason for s in skipped}
+    assert "metadata.json is unreadable (ValueError)" in reasons[deep]
+    assert "its time is not a date" in reasons[no_date]
 
 
 # ---------------------------------------------------------------- the jobs database

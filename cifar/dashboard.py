@@ -42,6 +42,16 @@ def run_label(run_id: str, metadata: dict, reference: bool = False, tags: bool =
     return " · ".join([label, *extra])
 
 
+def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
+    """{run id: label} with every label unique: runs that read alike (same
+    model, id suffix and minute) get their whole run id added, since pages
+    key runs by label and would otherwise show one in place of the other."""
+    seen: dict[str, int] = {}
+    for label in labels.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {run_id: f"{label} · {run_id}" if seen[label] > 1 else label for run_id, label in labels.items()}
+
+
 def run_tags(metadata: dict) -> list[str]:
     """Why a run is not a full one: trained on a subset of the images, or for
     fewer epochs than its recipe (`recipe_epochs`, recorded since it existed)."""

@@ -36,7 +36,7 @@ def read_marks() -> Marks:
         if not path.is_file() or path.stat().st_size > MAX_BYTES:
             return Marks()
         payload = artifacts.read_json(path)
-    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
+    except (OSError, ValueError):  # ValueError: not JSON, not UTF-8, or nested thousands deep
         return Marks()
     if not isinstance(payload, dict):
         return Marks()

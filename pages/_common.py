@@ -83,7 +83,8 @@ def visible_runs() -> list[tuple[str, dict]]:
 
 def labels() -> dict[str, str]:
     reference = marks().reference
-    return {run_id: dashboard.run_label(run_id, meta, run_id in reference) for run_id, meta in runs()}
+    return dashboard.distinct_labels({run_id: dashboard.run_label(run_id, meta, run_id in reference)
+                                      for run_id, meta in runs()})
 
 
 @st.cache_data(show_spinner=False, max_entries=400)

@@ -356,3 +356,18 @@ def test_the_retrain_page_says_when_the_jobs_database_is_damaged(runs, damage):
     assert_usable(app, PAGES[-1])
     assert any("the job records cannot be read" in e.value for e in app.error)
     assert app.selectbox(key="robustness_run").options  # the forms are still there
+
+
+# ---------------------------------------------------------------- runs that read alike
+
+def test_runs_that_read_alike_are_both_shown(runs):
+    first, _ = runs
+    twin = first.replace("0000Z", "0030Z")  # the same model, suffix and minute: the same label
+    shutil.copytree(artifacts.run_dir(first), artifacts.runs_dir() / twin)
+    labels = d.distinct_labels({first: "a", twin: "a", "other": "b"})
+    assert labels == {first: f"a · {first}", twin: f"a · {twin}", "other": "b"}
+    app = open_at(PAGES[1], [first, twin])
+    assert_usable(app, PAGES[1])
+    gap = next(f.value for f in app.dataframe if "Run" in f.value.columns)
+    label = d.run_label(first, artifacts.get_run(first).metadata)
+    assert sorted(gap.Run) == sorted(f"{label} · {r}" for r in (first, twin))

@@ -215,9 +215,22 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         json.dump(payload, f, indent=2, default=str)
 
 
+# Every JSON file of the layout is a few kB; a bigger one is not ours and would
+# cost gigabytes of memory to parse.
+MAX_JSON_BYTES = 16 << 20
+
+
 def read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file; ValueError (as for bad JSON) when it is over MAX_JSON_BYTES or
+    nested too deeply to parse, so every caller's `except ValueError` covers it."""
+    with open(path, "rb") as f:
+        text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is over {MAX_JSON_BYTES >> 20} MB, far more than this project writes")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to parse") from None
 
 
 def read_json_or_empty(path: Path) -> dict:
@@ -366,7 +379,10 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
     if not is_run_id(name):
         return Skipped(name, "folder name is not a run id")
     required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
-    missing = [f for f in required if not (path / f).is_file()]
+    try:
+        missing = [f for f in required if not (path / f).is_file()]
+    except OSError as exc:  # a folder we may not enter: skip it, do not fail the whole listing
+        return Skipped(name, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
     if missing:
         return Skipped(name, f"incomplete run, missing {', '.join(missing)}")
     try:

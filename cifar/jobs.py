@@ -61,9 +61,12 @@ def _env_number(name: str, default: float) -> float:
     if not text:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise CifarError(f"${name} must be a number (got '{text}')") from None
+    if not 0 <= value < 1e9:  # NaN, infinity and negative waits would hang or crash the worker
+        raise CifarError(f"${name} must be a finite number >= 0 (got '{text}'); unset it for the default")
+    return value
 
 
 @dataclass(frozen=True)

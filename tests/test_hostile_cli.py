@@ -27,7 +27,7 @@ from cifar import artifacts, cli
 from cifar.config import RunConfig, config_from_source, resolve_config, validate
 from cifar.data import check_source, load_cifar10
 from cifar.errors import CifarError, DataError
-from cifar.jobs import parse_seeds
+from cifar.jobs import JobSettings, parse_seeds
 from tests.datasets import make_class_folders
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -144,6 +144,15 @@ def test_a_seed_range_too_long_is_refused_without_expanding_it():
     with no_hang(), pytest.raises(CifarError, match="at most 100 seeds"):
         parse_seeds("0-" + "9" * 30)  # expanding it first would never finish
     assert parse_seeds("3-5,1") == [3, 4, 5, 1]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e400"])
+def test_job_settings_from_the_environment_must_be_finite(monkeypatch, value):
+    for name in ("CIFAR_JOBS_MAX_CONCURRENT", "CIFAR_JOBS_POLL_INTERVAL"):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            with pytest.raises(CifarError, match=f"\\${name} must be a finite number"):
+                JobSettings.from_env()
 
 
 @pytest.mark.parametrize("setting, value, message", [
@@ -287,3 +296,10 @@ def test_ctrl_c_to_a_real_process_exits_130_without_a_traceback():
         assert "Traceback" not in err, err
         assert process.returncode in ((130,) if process is worker else (0, 130)), err
     assert worker.returncode == 130
+
+
+def test_runs_all_keeps_the_backend_start_up_lines_off_stderr():
+    listed = subprocess.run([sys.executable, "-m", "cifar", "runs", "--all"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert listed.returncode == 0 and "no runs yet" in listed.stdout
+    assert listed.stderr == ""

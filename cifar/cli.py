@@ -263,10 +263,22 @@ def cmd_train(args) -> int:
     if source_run and "note" not in overrides:
         overrides["note"] = f"retrain of {source_run}"
     config = resolve_config(args.model, overrides, base=base)
+    if args.run_id is not None:
+        _check_run_id_for(args.run_id, config.model)
     print(f"training {config.model}: {json.dumps(config.to_dict())}", flush=True)
     run_id = start_run(config, run_id=args.run_id, verbose=2 if args.quiet else 1)
     _print_summary(run_id)
     return 0
+
+
+def _check_run_id_for(run_id: str, model: str) -> None:
+    """A chosen run id must be a real one (its time a date) and name the model trained:
+    listings, the dashboard and `--config` read the model from it."""
+    from cifar import artifacts
+    parts = artifacts.parse_run_id(run_id)
+    if parts.model != model:
+        raise CifarError(f"--run-id {run_id} names model {parts.model}, but this trains {model}; leave "
+                         f"--run-id out for a new id, or use one like {artifacts.new_run_id(model)}")
 
 
 def cmd_resume(args) -> int:

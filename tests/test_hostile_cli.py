@@ -173,6 +173,14 @@ def test_an_empty_data_source_is_refused_not_read_as_the_current_folder(data):
         resolve_config("cnn_baseline", {"data": data})
 
 
+@pytest.mark.parametrize("run_id, message", [("20261120T090000Z-fast_cnn-0000", "names model fast_cnn"),
+                                             ("20269999T999999Z-cnn_baseline-0000", "is not a date")])
+def test_train_refuses_a_run_id_that_names_another_model_or_no_date(capsys, run_id, message):
+    code, _, err = run_cli(capsys, "train", "cnn_baseline", "--run-id", run_id, "--data", "/nowhere")
+    assert code == 2 and message in one_error_line(err)
+    assert not artifacts.work_dir(run_id).exists() and not artifacts.run_dir(run_id).exists()
+
+
 # ---------------------------------------------------------------- JSON built to exhaust the parser
 
 def test_a_config_nested_too_deeply_is_one_clear_error(tmp_path):

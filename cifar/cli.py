@@ -303,6 +303,9 @@ def cmd_evaluate(args) -> int:
                                       ("--store-validation", args.store_validation)) if given]
     if len(modes) > 1:
         raise CifarError(f"{' and '.join(modes)} are separate jobs: give one of them at a time")
+    if args.data is not None and not (args.robustness or args.store_validation):
+        raise CifarError("--data is read only with --robustness or --store-validation; to re-evaluate on "
+                         "another copy use --recompute DATA")
     if args.robustness:
         return _evaluate_robustness(args)
     if args.store_validation:

@@ -378,6 +378,10 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
         return Skipped(name, "not a folder")
     if not is_run_id(name):
         return Skipped(name, "folder name is not a run id")
+    try:
+        parse_run_id(name)
+    except RunError:  # 20261399T..., say: every reader of a run's label would fail on it
+        return Skipped(name, "folder name is not a run id (its time is not a date)")
     required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
     try:
         missing = [f for f in required if not (path / f).is_file()]
@@ -421,7 +425,13 @@ def runs_signature() -> tuple:
     base = runs_dir()
     if not base.is_dir():
         return ()
-    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in base.iterdir()))
+    found = []
+    for path in base.iterdir():
+        try:
+            found.append((path.name, path.stat().st_mtime_ns))
+        except OSError:  # deleted since it was listed: it is not there any more
+            continue
+    return tuple(sorted(found))
 
 
 def get_run(run_id: str, *, allow_missing_model: bool = False) -> RunInfo:
@@ -614,7 +624,10 @@ def _checked_manifest(path: Path, metadata: dict, allow_missing_model: bool) -> 
 
 
 def _footer_problems(path: Path, table: str) -> tuple[str, ...]:
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except OSError:  # deleted since the run was listed
+        return (f"{table}.parquet vanished while the run was read",)
     return _footer_problems_cached(str(path), stat.st_size, stat.st_mtime_ns, table)
 
 

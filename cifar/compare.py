@@ -461,14 +461,28 @@ def label_doubts(aligned: Aligned, threshold: float = DOUBT_CONFIDENCE) -> pd.Da
     return table.sort_values(["lowest_confidence", "index"], ascending=[False, True]).reset_index(drop=True)
 
 
+def cleanlab_unavailable(aligned: Aligned) -> str | None:
+    """Why cleanlab cannot rank these runs' labels, or None when it can."""
+    if len(np.unique(aligned.truth)) < 2:
+        return "cleanlab needs test images of at least two classes"
+    probabilities = aligned.probabilities
+    if not np.isfinite(probabilities).all() or (probabilities < 0).any() or \
+            not (probabilities.mean(axis=0).sum(axis=1) > 0).all():
+        return "cleanlab needs a probability for every class of every test image, and some runs lack them"
+    return None
+
+
 def cleanlab_issues(aligned: Aligned, top: int = 50) -> pd.DataFrame:
     """cleanlab's label issues on the runs' mean test probabilities (out of
     sample: no run trained on test images), worst first: position, index,
     true_class, likely_class, label_quality (cleanlab's self-confidence)."""
+    mean = aligned.probabilities.mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = mean / mean.sum(axis=1, keepdims=True)
+    if cleanlab_unavailable(aligned) or not np.isfinite(mean).all():
+        return pd.DataFrame({"position": [], "index": [], "true_class": [], "likely_class": [], "label_quality": []})
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
-    mean = aligned.probabilities.mean(axis=0)
-    mean = mean / mean.sum(axis=1, keepdims=True)
     issues = find_label_issues(aligned.truth, mean, return_indices_ranked_by="self_confidence")[:top]
     quality = get_label_quality_scores(aligned.truth, mean, method="self_confidence")
     return pd.DataFrame({"position": issues, "index": aligned.index[issues],

@@ -13,15 +13,14 @@ one column not in the figure, `imagenet_weights`, follows the study's text
 
 from __future__ import annotations
 
-import io
 from importlib import resources
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cifar import CLASS_NAMES, artifacts
-from cifar.predict import top_k_from_probabilities
+from cifar.errors import ImageError, RunError
+from cifar.predict import decode_image, top_k_from_probabilities
 
 TRAIN_COMMAND = "python -m cifar train cnn_baseline --data /path/to/cifar10 --epochs 2"
 STUDY_SOURCE = "Study (Fig. 2.1)"
@@ -138,11 +137,19 @@ def measured_row(run_id: str, metadata: dict, metrics: dict, reference: bool = F
 def accuracy_interval_text(metrics: dict) -> str | None:
     """"89.9% to 91.0%": the Wilson 95% interval of a run's test accuracy."""
     accuracy, images = metrics.get("test_accuracy"), metrics.get("n_test")
-    if accuracy is None or not images or pd.isna(accuracy):
+    # A metrics row is checked for types only: an accuracy outside 0..1 (or
+    # infinite) or a count below one has no interval to show.
+    if not _is_number(accuracy) or not 0 <= accuracy <= 1 or not _is_number(images) or images < 1:
         return None
     from cifar.compare import accuracy_interval
     low, high = accuracy_interval(round(float(accuracy) * int(images)), int(images))
     return f"{low:.1%} to {high:.1%}"
+
+
+def _is_number(value) -> bool:
+    """A finite real number (not a bool, not NaN, not infinite)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and bool(np.isfinite(value))
 
 
 def _minutes(seconds) -> float | None:
@@ -259,21 +266,31 @@ def smooth(values: pd.Series, weight: float) -> pd.Series:
     return values.astype(float).ewm(alpha=1 - weight, adjust=True).mean()
 
 
-def training_seconds(history: pd.DataFrame) -> pd.Series:
+def training_seconds(history: pd.DataFrame) -> pd.Series | None:
     """Seconds in training batches up to each epoch: no evaluation, saving or
     start-up. Older runs lack the running total: the sum of their epochs'
-    seconds stands in, a few percent more as it also counts the validation pass."""
+    seconds stands in, a few percent more as it also counts the validation pass.
+    None for a run that recorded neither (both columns are optional)."""
     if "train_seconds_total" in history:
         return history["train_seconds_total"]
-    return history["seconds"].cumsum()
+    if "seconds" in history:
+        return history["seconds"].cumsum()
+    return None
 
 
-def _x_values(history: pd.DataFrame, x_axis: str) -> pd.Series:
+def _x_values(history: pd.DataFrame, x_axis: str) -> pd.Series | None:
+    """The x of each epoch on `x_axis`; None when the run did not record it."""
     if CURVE_X[x_axis] == "minutes":
-        return history["elapsed_seconds"] / 60
+        return history["elapsed_seconds"] / 60 if "elapsed_seconds" in history else None
     if CURVE_X[x_axis] == "train_minutes":
-        return training_seconds(history) / 60
+        seconds = training_seconds(history)
+        return None if seconds is None else seconds / 60
     return history["epoch"]
+
+
+def runs_without_x(histories: dict[str, pd.DataFrame], x_axis: str) -> list[str]:
+    """The runs that cannot be drawn against `x_axis` (they did not time their epochs)."""
+    return [label for label, history in histories.items() if _x_values(history, x_axis) is None]
 
 
 def curves_long(histories: dict[str, pd.DataFrame], metric: str, x_axis: str = "Epoch",
@@ -281,11 +298,14 @@ def curves_long(histories: dict[str, pd.DataFrame], metric: str, x_axis: str = "
     """One row per (run, split, epoch): run, split, x, value (smoothed), raw."""
     frames = []
     for label, history in histories.items():
+        x = _x_values(history, x_axis)
+        if x is None:  # runs_without_x names it
+            continue
         for split, column in zip(CURVE_SPLITS, CURVE_METRICS[metric]):
             if column is None or column not in history:
                 continue
             split_name = "Learning rate" if metric == "Learning rate" else split
-            frames.append(pd.DataFrame({"run": label, "split": split_name, "x": _x_values(history, x_axis),
+            frames.append(pd.DataFrame({"run": label, "split": split_name, "x": x,
                                         "value": smooth(history[column], smoothing),
                                         "raw": history[column].astype(float)}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -319,7 +339,10 @@ def best_epoch_points(histories: dict[str, pd.DataFrame], best_epochs: dict[str,
 def label_smoothing_note(smoothing_by_run: dict[str, float | None]) -> str | None:
     """A warning when overlaid runs were trained with different label smoothing:
     a smoothed target raises the loss floor, so their losses are not comparable."""
-    values = {label: float(v or 0.0) for label, v in smoothing_by_run.items()}
+    # None: trained before label smoothing was a setting (so none); anything
+    # else that is not a number says nothing and is left out.
+    values = {label: 0.0 if v is None else float(v) for label, v in smoothing_by_run.items()
+              if v is None or _is_number(v)}
     if len(set(values.values())) < 2:
         return None
     listed = ", ".join(f"{label}: {v:g}" for label, v in values.items())
@@ -334,7 +357,8 @@ def generalization_gap(histories: dict[str, pd.DataFrame], best_epochs: dict[str
     for label, history in histories.items():
         if not {"accuracy", "val_accuracy", "loss", "val_loss"} <= set(history.columns) or history.empty:
             continue
-        by_epoch = history.set_index("epoch")
+        # The schema does not make epochs unique: a repeated epoch counts once, as last written.
+        by_epoch = history.drop_duplicates("epoch", keep="last").set_index("epoch")
         best = best_epochs.get(label) if best_epochs.get(label) in by_epoch.index else by_epoch.index[-1]
         last = by_epoch.index[-1]
         rows.append({
@@ -425,8 +449,12 @@ def cat_dog_table(confusions: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def per_class_comparison(per_class: dict[str, pd.DataFrame], metric: str = "f1") -> pd.DataFrame:
     """One row per class: Class, then one column per run holding `metric`
     (precision, recall or f1)."""
-    table = pd.DataFrame({label: frame.set_index("class_name")[metric] for label, frame in per_class.items()})
-    return table.reindex(list(CLASS_NAMES)).rename_axis("Class").reset_index()
+    # By class index, not name: the schema checks indices (0..9) but not the names beside them;
+    # a class listed twice counts once.
+    table = pd.DataFrame({label: frame.drop_duplicates("class_index").set_index("class_index")[metric]
+                          for label, frame in per_class.items()})
+    table = table.reindex(range(len(CLASS_NAMES)))
+    return table.set_axis(pd.Index(CLASS_NAMES, name="Class")).reset_index()
 
 
 def top_k_text(probabilities: np.ndarray, k: int = 3) -> str:
@@ -454,9 +482,21 @@ def enlarge(image: np.ndarray, factor: int = 4) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
-def enlarge_png(png: bytes, factor: int = 4) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        return enlarge(np.asarray(image.convert("RGB")), factor)
+def stored_picture(png) -> np.ndarray | None:
+    """A run's stored test picture as the 32x32 RGB pixels a model sees, or
+    None when its bytes are not an image: a damaged gallery costs one
+    picture, not the page. Decoded as an upload is (bounded, any size or mode
+    brought to 32x32), as a run's files are not trusted more than an upload."""
+    try:
+        return decode_image(bytes(png), name="a stored picture")
+    except (ImageError, TypeError):
+        return None
+
+
+def enlarge_png(png: bytes, factor: int = 4) -> np.ndarray | None:
+    """A stored picture enlarged for the page, or None when it cannot be decoded."""
+    picture = stored_picture(png)
+    return None if picture is None else enlarge(picture, factor)
 
 
 # Below this top probability a guess is flagged as unsure (the max-softmax
@@ -520,7 +560,8 @@ def pick_random_image(gallery: pd.DataFrame, predictions: pd.DataFrame, rng: np.
     drawn from all of them, and a stored picture of the same true class with
     the same outcome (right, or the same wrong class) stands in for it: right
     and wrong answers come up as often as in the test set.
-    Returns png, true class, test index and whether the run got it right."""
+    Returns png, its 32x32 pixels (image), true class, test index and
+    whether the run got it right; RunError when the stored picture is damaged."""
     if gallery.empty or predictions.empty:
         return None
     drawn = predictions.iloc[rng.integers(len(predictions))]
@@ -529,8 +570,12 @@ def pick_random_image(gallery: pd.DataFrame, predictions: pd.DataFrame, rng: np.
     if same.empty:  # not stored: any picture with the same outcome
         same = gallery[(gallery.true_index == gallery.pred_index) == (true == predicted)]
     row = (same if not same.empty else gallery).iloc[rng.integers(len(same) if not same.empty else len(gallery))]
-    return {"png": bytes(row.png), "true_class": CLASS_NAMES[int(row.true_index)], "index": int(row["index"]),
-            "correct": bool(row.true_index == row.pred_index)}
+    image = stored_picture(row.png)
+    if image is None:
+        raise RunError(f"the stored picture of test image #{row['index']} is damaged (not an image). Draw "
+                       "again; if every draw fails, choose another run first in the sidebar.")
+    return {"png": bytes(row.png), "image": image, "true_class": CLASS_NAMES[int(row.true_index)],
+            "index": int(row["index"]), "correct": bool(row.true_index == row.pred_index)}
 
 
 # ---------------------------------------------------------------- run details
@@ -565,7 +610,7 @@ def settings_table(metadata: dict) -> pd.DataFrame:
 def environment_table(metadata: dict) -> pd.DataFrame:
     environment = metadata.get("environment") if isinstance(metadata.get("environment"), dict) else {}
     hardware = environment.get("hardware") or {}
-    rows = {"Hardware": hardware.get("label"), "GPUs": ", ".join(hardware.get("gpus") or []) or "none",
+    rows = {"Hardware": hardware.get("label"), "GPUs": ", ".join(map(str, hardware.get("gpus") or [])) or "none",
             "Keras backend": environment.get("backend"), "Git commit": environment.get("git_commit"),
             "Platform": environment.get("platform"),
             **{f"Version of {k}": v for k, v in (environment.get("versions") or {}).items()}}

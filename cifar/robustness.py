@@ -147,9 +147,16 @@ def curves(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                          "Above": long.ci_high - long.accuracy, "Below": long.accuracy - long.ci_low})
 
 
+def _clean_row(table: pd.DataFrame) -> pd.Series:
+    """The table's clean-images row; all NaN for a table without one (the schema
+    checks columns, not which conditions a table holds)."""
+    clean = table[table.corruption == CLEAN]
+    return clean.iloc[0] if len(clean) else pd.Series(np.nan, index=table.columns)
+
+
 def _errors(table: pd.DataFrame) -> tuple[float, pd.Series]:
     """Clean error and, per corruption, the error summed over severities."""
-    clean = 1 - float(table.loc[table.corruption == CLEAN, "accuracy"].iloc[0])
+    clean = 1 - float(_clean_row(table).accuracy)
     corrupted = table[table.corruption != CLEAN]
     return clean, (1 - corrupted.accuracy).groupby(corrupted.corruption).sum()
 
@@ -165,10 +172,10 @@ def summary(tables: dict[str, pd.DataFrame], reference: str | None) -> pd.DataFr
     ref = _errors(tables[reference]) if reference in tables else None
     rows = []
     for label, table in tables.items():
-        clean_row = table[table.corruption == CLEAN].iloc[0]
+        clean_row = _clean_row(table)
         corrupted = table[table.corruption != CLEAN]
         mean = float(corrupted.accuracy.mean())
-        n = int(clean_row.n_images)
+        n = int(clean_row.n_images) if pd.notna(clean_row.n_images) else int(table.n_images.max())
         low, high = accuracy_interval(mean * n, n)
         row = {"Run": label, "Images": n, "Clean accuracy": float(clean_row.accuracy),
                "Clean 95% interval": _interval_text(clean_row.ci_low, clean_row.ci_high),
@@ -201,8 +208,8 @@ def pick_reference(labels_and_models: dict[str, str], tables: dict[str, pd.DataF
 
 def comparable(tables: dict[str, pd.DataFrame]) -> bool:
     """Whether the runs were evaluated on the same images (same count, seed and data)."""
-    keys = {(int(t.n_images.iloc[0]), int(t.seed.iloc[0]), t.get("data_fingerprint", pd.Series([""])).iloc[0])
-            for t in tables.values() if len(t)}
+    keys = {(int(t.n_images.iloc[0]), t.get("seed", pd.Series([None])).iloc[0],
+             t.get("data_fingerprint", pd.Series([""])).iloc[0]) for t in tables.values() if len(t)}
     return len(keys) <= 1
 
 

@@ -17,6 +17,7 @@ from cifar import artifacts
 from cifar.errors import CifarError
 
 MARKS = ("reference", "hidden")
+MAX_BYTES = 1_000_000  # some 20,000 marked runs; the file is read on every page view
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,26 @@ class Marks:
 def read_marks() -> Marks:
     """The current marks; a missing or unreadable file means no marks (it is
     advisory: a damaged file must not take the dashboard down)."""
+    path = artifacts.marks_path()
     try:
-        payload = artifacts.read_json(artifacts.marks_path())
-    except (OSError, ValueError):
+        # Not a regular file (a folder, a pipe that would block the page) or
+        # far larger than marks ever grow: ignored like an unreadable one.
+        if not path.is_file() or path.stat().st_size > MAX_BYTES:
+            return Marks()
+        payload = artifacts.read_json(path)
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
         return Marks()
     if not isinstance(payload, dict):
         return Marks()
-    return Marks(**{mark: frozenset(r for r in payload.get(mark) or [] if isinstance(r, str)) for mark in MARKS})
+    return Marks(**{mark: _run_ids(payload.get(mark)) for mark in MARKS})
+
+
+def _run_ids(listed) -> frozenset[str]:
+    """The run ids in one mark's list; anything else (a string, a number, an
+    object, a path) is ignored: only a list of run ids marks runs."""
+    if not isinstance(listed, list):
+        return frozenset()
+    return frozenset(r for r in listed if artifacts.is_run_id(r))
 
 
 def set_mark(run_id: str, mark: str, on: bool, by: str = "") -> Marks:

@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from cifar import IMAGE_SHAPE, artifacts, dashboard, predict, run_marks, streamlit_compat
-from cifar.errors import CifarError
+from cifar.errors import CifarError, RunError
 
 SELECTION_KEY = "selected_runs"
 URL_PARAM = "run"
@@ -51,6 +51,8 @@ def _scan(root: str, signature: int) -> tuple[list[tuple[str, dict]], list[tuple
             listed.append((run.run_id, run.metadata))
         except CifarError as exc:
             reasons.append((run.run_id, str(exc)))
+        except OSError as exc:  # deleted or replaced between listing and reading
+            reasons.append((run.run_id, vanished(exc)))
     return listed, sorted(reasons), metrics
 
 
@@ -94,9 +96,31 @@ def _version(run_id: str) -> int:
     return dict(artifacts.runs_signature()).get(run_id, 0)
 
 
+def vanished(exc: OSError) -> str:
+    return (f"its files changed on disk while this page read them ({exc.__class__.__name__}: it was deleted or "
+            "is being replaced); reload the page")
+
+
 def table(run_id: str, name: str) -> pd.DataFrame:
     """One table of one run (raises RunError with a readable message)."""
-    return _table(run_id, name, _version(run_id))
+    try:
+        return _table(run_id, name, _version(run_id))
+    except OSError as exc:
+        raise RunError(f"run {run_id}: {vanished(exc)}") from None
+
+
+@st.cache_data(show_spinner=False, max_entries=400)
+def _optional_table(run_id: str, name: str, version: int) -> pd.DataFrame | None:
+    return artifacts.read_optional_table(run_id, name)
+
+
+def optional_table(run_id: str, name: str) -> pd.DataFrame | None:
+    """An optional table of one run, or None when the run has none (yet);
+    RunError when the run or the table cannot be read."""
+    try:
+        return _optional_table(run_id, name, _version(run_id))
+    except OSError as exc:
+        raise RunError(f"run {run_id}: {vanished(exc)}") from None
 
 
 def tables(run_ids: list[str], name: str) -> dict[str, pd.DataFrame]:

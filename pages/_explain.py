@@ -61,12 +61,16 @@ def heatmaps(image: np.ndarray, run_ids: list[str], key: str) -> None:
 def gallery_image(cell, run_id: str, images: pd.DataFrame, row) -> None:
     """One mistake of the gallery with its heatmap for the (wrong) predicted class beside it;
     the whole gallery's heatmaps are computed in one batch and cached."""
+    picture = dashboard.enlarge_png(row.png, 4)
+    if picture is None:
+        cell.caption(f"{row.caption} · the stored picture is damaged and cannot be shown")
+        return
     try:
         pixels = np.stack([predict.decode_image(png) for png in images.png])
         overlays, _ = _overlay_for(run_id, pixels)  # each image's predicted class: the mistake
         heat = overlays[images.index.get_loc(row.Index)]
-    except CifarError:
-        cell.image(dashboard.enlarge_png(row.png), caption=row.caption, width="stretch")
+    except CifarError:  # e.g. another picture of the gallery is damaged, or the model cannot be read
+        cell.image(picture, caption=row.caption, width="stretch")
         return
-    pair = np.concatenate([dashboard.enlarge_png(row.png, 4), np.full((128, 4, 3), 255, np.uint8), heat], axis=1)
+    pair = np.concatenate([picture, np.full((128, 4, 3), 255, np.uint8), heat], axis=1)
     cell.image(pair, caption=f"{row.caption} · heatmap for the predicted class", width="stretch")

@@ -34,11 +34,11 @@ def image_cards(container, rows: pd.DataFrame, aligned: c.Aligned, images: dict[
         cells = container.columns(2)
         for cell, row in zip(cells, rows.iloc[start:start + 2].itertuples()):
             picture, text = cell.columns([1, 3])
-            png = images.get(row.index)
-            if png is None:
-                picture.caption("no picture stored")
+            enlarged = None if images.get(row.index) is None else d.enlarge_png(images[row.index])
+            if enlarged is None:
+                picture.caption("no picture stored" if images.get(row.index) is None else "stored picture damaged")
             else:
-                picture.image(d.enlarge_png(png), width="stretch")
+                picture.image(enlarged, width="stretch")
             heading = f"**#{row.index}** · true class **{row.true_class}**" + (f" · {extra(row)}" if extra else "")
             lines = [f"{RIGHT if line['correct'] else WRONG} {line['run']}: {line['text']}"
                      for line in c.top_k_lines(aligned, row.position)]
@@ -206,6 +206,9 @@ if doubts_tab.open:
     image_cards(doubts_tab, doubts.head(SHOWN), aligned, images,
                 extra=lambda row: f"all say **{row.agreed_class}**")
     doubts_tab.subheader("cleanlab's ranking")
+    if c.cleanlab_unavailable(aligned):
+        doubts_tab.info(f"No ranking: {c.cleanlab_unavailable(aligned)}.", icon=":material/info:")
+        st.stop()
     issues = c.cleanlab_issues(aligned)
     issues["Also above"] = issues["index"].isin(doubts["index"])
     doubts_tab.dataframe(issues.drop(columns="position").rename(columns={

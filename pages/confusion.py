@@ -75,6 +75,8 @@ if mistakes.open:
                                      bind="query-params")
     predicted_class = pick_predicted.selectbox("Predicted as", CLASS_NAMES, index=d.DOG, key="predicted_class",
                                                bind="query-params")
+    # An empty ?true_class= in the address leaves a bound box unset.
+    true_class, predicted_class = true_class or CLASS_NAMES[d.CAT], predicted_class or CLASS_NAMES[d.DOG]
     images = d.gallery_for_pair(_common.table(first_id, "gallery"), _common.table(first_id, "predictions"),
                                 CLASS_NAMES.index(true_class), CLASS_NAMES.index(predicted_class))
     in_test = int(d.confusion_matrix(confusions[first]).loc[true_class, predicted_class])
@@ -90,7 +92,7 @@ if mistakes.open:
 
 if per_class_tab.open:
     score = per_class_tab.segmented_control("Score", list(SCORES), format_func=SCORES.get, default="f1",
-                                            required=True, key="score", bind="query-params")
+                                            required=True, key="score", bind="query-params") or "f1"
     per_class = d.per_class_comparison(_common.tables(run_ids, "per_class"), score)
     runs_shown = per_class.columns.drop("Class")
     per_class_tab.plotly_chart(_charts.per_class(per_class, SCORES[score], _charts.run_colours(runs_shown)),

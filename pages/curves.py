@@ -33,6 +33,12 @@ smoothing = smooth_col.slider("Smoothing", 0.0, 0.95, 0.0, 0.05, key="smooth", b
 shade = gap_col.toggle("Shade the gap", value=True, key="shade", bind="query-params",
                        help="Shade between each run's training and validation curves")
 
+# A bound control reads its value from the address: an empty or unknown one leaves it unset.
+metric, x_axis = metric or "Accuracy", x_axis or "Epoch"
+untimed = d.runs_without_x(histories, x_axis)
+if untimed:
+    st.info(f"Not drawn against {x_axis.lower()}: {', '.join(untimed)} did not record the time of each epoch. "
+            "Choose **Epoch** to see every run.", icon=":material/timer_off:")
 long = d.curves_long(histories, metric, x_axis, smoothing)
 if long.empty:
     st.info(f"None of the selected runs recorded {metric.lower()} per epoch.")

@@ -42,7 +42,7 @@ for name, image, error in decoded:
 drawn = st.session_state.get("random_image")
 if drawn:
     images.append((f"Random test image #{drawn['index']} (true class: {drawn['true_class']})",
-                   predict.decode_image(drawn["png"]), drawn["true_class"],
+                   drawn["image"], drawn["true_class"],
                    f"Drawn from the whole test set of {drawn['run']}, which got it "
                    f"{'right' if drawn['correct'] else '**wrong** (misclassified)'} in its evaluation."))
 if not images:

@@ -31,6 +31,13 @@ STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/direction
 policy = auth.current_policy()
 
 
+def store_unreadable(what: str, exc: Exception) -> str:
+    """The message for a job store that fails in a way the backend did not foresee."""
+    return (f"{what}: the job records cannot be read ({exc.__class__.__name__}: {exc}). Runs already trained "
+            "are unaffected; whoever runs this server can move the damaged jobs database aside to start a new "
+            "job list.")
+
+
 def check_rights() -> str:
     """Who is acting; raises auth.NotAllowed. Every submit, cancel and resume calls it."""
     return auth.authorize(policy, auth.current_user(), st.session_state.get(TOKEN_KEY))
@@ -118,6 +125,8 @@ if submitted:
         st.error(f"Not submitted: {exc}", icon=":material/lock:")
     except CifarError as exc:
         st.error(f"Not submitted: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see job_list
+        st.error(store_unreadable("Not submitted", exc), icon=":material/database:")
     else:
         for job in queued:
             if job.reused:
@@ -157,6 +166,8 @@ if evaluate:
         st.error(f"Not submitted: {exc}", icon=":material/lock:")
     except CifarError as exc:
         st.error(f"Not submitted: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see job_list
+        st.error(store_unreadable("Not submitted", exc), icon=":material/database:")
     else:
         if job.reused:
             st.info(f"The same evaluation is already job {job.id} ({job.status}); no second job was queued.")
@@ -177,6 +188,8 @@ def act(label: str, job_id: int) -> None:
         st.session_state[MESSAGE_KEY] = f"{label} refused: {exc}"
     except CifarError as exc:
         st.session_state[MESSAGE_KEY] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - see job_list
+        st.session_state[MESSAGE_KEY] = store_unreadable(f"{label} failed", exc)
 
 
 PAGE_OF_RESULT = {"train": ("Open run", "pages/run_details.py"),
@@ -240,6 +253,10 @@ def job_list() -> None:
         found = backend.list_jobs(limit=20)
     except CifarError as exc:  # e.g. the Ray cluster went away
         st.error(f"Cannot list the jobs: {exc}", icon=":material/cloud_off:")
+        return
+    except Exception as exc:  # noqa: BLE001 - a damaged job record or database; this fragment
+        # reruns alone every few seconds, outside streamlit_app.py's friendly_errors
+        st.error(store_unreadable("Cannot list the jobs", exc), icon=":material/database:")
         return
     st.subheader(f"Jobs ({sum(job.active for job in found)} queued or running)")
     if not found:

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.express as px
 import streamlit as st
 
-from cifar import dashboard as d, predict, robustness as r
+from cifar import dashboard as d, robustness as r
 from cifar.errors import CifarError
 from pages import _common
 
@@ -14,9 +14,12 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def corruption_examples(png: bytes) -> dict[str, list[np.ndarray]]:
-    return {name: [d.enlarge(image, 2) for image in images]
-            for name, images in r.examples(predict.decode_image(png)).items()}
+def corruption_examples(png: bytes) -> dict[str, list[np.ndarray]] | None:
+    """Each corruption at its 5 severities, enlarged; None for a damaged picture."""
+    picture = d.stored_picture(png)
+    if picture is None:
+        return None
+    return {name: [d.enlarge(image, 2) for image in images] for name, images in r.examples(picture).items()}
 
 
 _common.start_page("Robustness")
@@ -25,9 +28,14 @@ names = _common.labels()
 tables, missing = {}, []
 for run_id in run_ids:
     try:
-        tables[names[run_id]] = _common.table(run_id, r.TABLE)
-    except CifarError:
+        found = _common.optional_table(run_id, r.TABLE)
+    except CifarError as exc:  # there, but damaged: say why, not "not evaluated yet"
+        st.warning(f"**{names[run_id]}** is left out here: {exc}", icon=":material/warning:")
+        continue
+    if found is None:
         missing.append(run_id)
+    else:
+        tables[names[run_id]] = found
 if missing:
     st.info("No robustness evaluation yet for " + ", ".join(f"**{names[m]}**" for m in missing)
             + ". Compute it (1,000 test images by default; minutes per model on an idle CPU) with:",
@@ -83,6 +91,11 @@ if gallery is None or gallery.empty:
     st.info("The first selected run keeps no test images to show.")
     st.stop()
 position = st.slider("Test image", 0, len(gallery) - 1, 0, key="robustness_image",
-                     help="One of the test images the first selected run keeps")
-for name, images in corruption_examples(bytes(gallery.png.iloc[position])).items():
+                     help="One of the test images the first selected run keeps") if len(gallery) > 1 else 0
+examples = corruption_examples(bytes(gallery.png.iloc[position]))
+if examples is None:
+    st.warning(f"Test image {position} of the first selected run is damaged (its stored picture is not an image); "
+               "choose another.", icon=":material/broken_image:")
+    st.stop()
+for name, images in examples.items():
     st.image(images, caption=[f"{name} · {s}" for s in range(1, len(images) + 1)], width=96)

@@ -233,6 +233,15 @@ def test_evaluate_refuses_an_empty_recompute_source_and_two_jobs_at_once(capsys,
     assert code == 2 and "--recompute DATA" in one_error_line(err)
 
 
+def test_output_that_the_terminal_cannot_encode_is_escaped_not_fatal(runs, monkeypatch):
+    import io
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")  # PYTHONIOENCODING=ascii, a C locale
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert cli.main(["compare", *runs]) == 0  # its table marks missing values with an em dash
+    stdout.flush()
+    assert "\\u2014" in stdout.buffer.getvalue().decode("ascii")
+
+
 # ---------------------------------------------------------------- data sources
 
 def test_data_sources_that_never_end_are_refused_without_reading_them(tmp_path):

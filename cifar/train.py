@@ -42,7 +42,9 @@ def start_run(config: RunConfig, run_id: str | None = None, verbose: int = 1) ->
     """Train a new run and publish it; returns its run id."""
     run_id = run_id or artifacts.new_run_id(config.model)
     work = artifacts.work_dir(run_id)
-    if (work / STATE_FILE).exists() or artifacts.run_dir(run_id).exists():
+    if artifacts.run_dir(run_id).exists():
+        raise RunError(f"run {run_id} is already published; leave --run-id out to train a new run")
+    if (work / STATE_FILE).exists():
         raise RunError(f"run {run_id} already exists; resume it with: python -m cifar resume {run_id}")
     work.mkdir(parents=True, exist_ok=True)
     artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())

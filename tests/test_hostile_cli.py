@@ -181,6 +181,14 @@ def test_train_refuses_a_run_id_that_names_another_model_or_no_date(capsys, run_
     assert not artifacts.work_dir(run_id).exists() and not artifacts.run_dir(run_id).exists()
 
 
+def test_train_with_the_id_of_a_published_run_says_so_and_leaves_it_alone(capsys, runs):
+    before = artifacts.read_json(artifacts.run_dir(runs[0]) / artifacts.METADATA_FILE)
+    code, _, err = run_cli(capsys, "train", "cnn_baseline", "--run-id", runs[0], "--data", "/nowhere")
+    assert code != 0 and "already published; leave --run-id out" in one_error_line(err)
+    assert artifacts.read_json(artifacts.run_dir(runs[0]) / artifacts.METADATA_FILE) == before
+    assert not artifacts.work_dir(runs[0]).exists()
+
+
 # ---------------------------------------------------------------- JSON built to exhaust the parser
 
 def test_a_config_nested_too_deeply_is_one_clear_error(tmp_path):

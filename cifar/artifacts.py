@@ -262,6 +262,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def interrupted_runs() -> list[dict]:
+    """Runs with a work folder but no published result (crashed or running):
+    what `python -m cifar runs --all` lists, read without loading Keras. A
+    damaged state or progress file shows as nothing done, status unknown."""
+    base = work_root()
+    found = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        if not is_run_id(path.name) or run_dir(path.name).exists():
+            continue  # not a run's folder; or published, and only the clean-up was interrupted
+        state, progress = read_json_or_empty(path / STATE_FILE), read_json_or_empty(progress_path(path.name))
+        status = progress.get("status") if isinstance(progress.get("status"), str) else "unknown"
+        if status == "running" and not process_alive(progress.get("pid")):
+            status = "interrupted"
+        epochs = state.get("completed_epochs")
+        found.append({"run_id": path.name, "completed_epochs": epochs if type(epochs) is int else 0,
+                      "status": status, "updated_at": progress.get("updated_at")})
+    return found
+
+
 # ---------------------------------------------------------------- writing a run
 
 @dataclass

@@ -377,9 +377,7 @@ def cmd_runs(args) -> int:
     for s in skipped:
         print(f"skipped {s.name}: {s.reason}", file=sys.stderr)
     if args.all:
-        start_backend_quietly()  # cifar.train imports Keras: without its start-up lines on stderr
-        from cifar.train import interrupted_runs
-        for row in interrupted_runs():
+        for row in artifacts.interrupted_runs():
             print(f"{row['run_id']:45} in progress or interrupted after {row['completed_epochs']} epochs "
                   f"({row['status']}); resume with: python -m cifar resume {row['run_id']}")
     return 0

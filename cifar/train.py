@@ -66,26 +66,6 @@ def resume_run(run_id: str, verbose: int = 1) -> str:
     return _train(run_id, config, verbose)
 
 
-def interrupted_runs() -> list[dict]:
-    """Runs with a work folder but no published result (crashed or running)."""
-    base = artifacts.work_root()
-    found = []
-    for path in sorted(base.iterdir()) if base.is_dir() else []:
-        if not artifacts.is_run_id(path.name) or artifacts.run_dir(path.name).exists():
-            continue  # not a run's folder; or published, and only the clean-up was interrupted
-        try:
-            state = _read_state(path)
-        except RunError:
-            state = {}
-        progress = read_progress(artifacts.progress_path(path.name))
-        status = progress.get("status", "unknown")
-        if status == "running" and not artifacts.process_alive(progress.get("pid")):
-            status = "interrupted"
-        found.append({"run_id": path.name, "completed_epochs": state.get("completed_epochs", 0),
-                      "status": status, "updated_at": progress.get("updated_at")})
-    return found
-
-
 # ---------------------------------------------------------------- the run
 
 def _train(run_id: str, config: RunConfig, verbose: int) -> str:

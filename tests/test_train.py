@@ -185,7 +185,7 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
 
 
 def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
-    from cifar.train import _exclusive, interrupted_runs, resume_run
+    from cifar.train import _exclusive, resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     with _exclusive(work, run_id):
@@ -196,7 +196,7 @@ def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
     artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
     (work / artifacts.STATE_FILE).write_text("{half a json")
     artifacts.write_json_atomic(artifacts.progress_path(run_id), {"status": "running", "pid": 2**22 + 12345})
-    assert [(r["run_id"], r["status"]) for r in interrupted_runs()] == [(run_id, "interrupted")]
+    assert [(r["run_id"], r["status"]) for r in artifacts.interrupted_runs()] == [(run_id, "interrupted")]
     with pytest.raises(RunError, match="damaged"):
         resume_run(run_id, verbose=0)
     assert json.loads(artifacts.progress_path(run_id).read_text())["status"] == "failed"

@@ -299,14 +299,42 @@ def _best_epoch(history: list[dict]) -> int:
     return int(max(history, key=lambda row: row[key])["epoch"]) if history else 0
 
 
+# What _checkpoint writes to state.json and resuming relies on; the optional
+# keys came later, so older work folders may lack them (read with defaults).
+_STATE_TYPES = {"completed_epochs": int, "checkpoint": str, "history": list, "data_fingerprint": str}
+_OPTIONAL_STATE_TYPES = {"train_seconds": (int, float), "elapsed_seconds": (int, float), "source": dict,
+                         "best_weights": (str, type(None))}
+
+
+def _state_problems(state) -> list[str]:
+    if not isinstance(state, dict):
+        return ["not an object"]
+    kinds = _STATE_TYPES | {key: kind for key, kind in _OPTIONAL_STATE_TYPES.items() if key in state}
+    problems = [key for key, kind in kinds.items()
+                if isinstance(state.get(key), bool) or not isinstance(state.get(key), kind)]
+    if "history" not in problems and not all(isinstance(row, dict) and isinstance(row.get("seconds"), (int, float))
+                                             for row in state["history"]):
+        problems.append("history rows")
+    for key in ("checkpoint", "best_weights"):  # files of the work folder, never paths out of it
+        if key not in problems and state.get(key) and Path(state[key]).name != state[key]:
+            problems.append(key)
+    return problems
+
+
 def _read_state(work) -> dict:
+    """The work folder's state.json, {} before the first checkpoint; RunError
+    when it is unreadable or not what _checkpoint writes."""
     path = work / STATE_FILE
     if not path.exists():
         return {}
     try:
-        return artifacts.read_json(path)
+        state = artifacts.read_json(path)
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} is damaged ({exc.__class__.__name__}); start a new run") from exc
+    problems = _state_problems(state)
+    if problems:
+        raise RunError(f"{path} is damaged ({', '.join(problems)} not as written); start a new run")
+    return state
 
 
 def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, source, best) -> None:

@@ -215,12 +215,22 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         json.dump(payload, f, indent=2, default=str)
 
 
+# Every JSON file of the layout is a few kB; a bigger one is not ours and would
+# cost gigabytes of memory to parse.
+MAX_JSON_BYTES = 16 << 20
+
+
 def read_json(path: Path) -> dict:
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except RecursionError:  # nested thousands deep: garbage, reported as any other bad JSON
-            raise ValueError(f"{Path(path).name} is nested too deeply to be JSON") from None
+    """A JSON file; ValueError (as for bad JSON) when it is over MAX_JSON_BYTES or
+    nested too deeply to parse, so every caller's `except ValueError` covers it."""
+    with open(path, "rb") as f:
+        text = f.read(MAX_JSON_BYTES + 1)
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"{path} is over {MAX_JSON_BYTES >> 20} MB, far more than this project writes")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to parse") from None
 
 
 def read_json_or_empty(path: Path) -> dict:
@@ -250,6 +260,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def interrupted_runs() -> list[dict]:
+    """Runs with a work folder but no published result (crashed or running):
+    what `python -m cifar runs --all` lists, read without loading Keras. A
+    damaged state or progress file shows as nothing done, status unknown."""
+    base = work_root()
+    found = []
+    for path in sorted(base.iterdir()) if base.is_dir() else []:
+        if not is_run_id(path.name) or run_dir(path.name).exists():
+            continue  # not a run's folder; or published, and only the clean-up was interrupted
+        state, progress = read_json_or_empty(path / STATE_FILE), read_json_or_empty(progress_path(path.name))
+        status = progress.get("status") if isinstance(progress.get("status"), str) else "unknown"
+        if status == "running" and not process_alive(progress.get("pid")):
+            status = "interrupted"
+        epochs = state.get("completed_epochs")
+        found.append({"run_id": path.name, "completed_epochs": epochs if type(epochs) is int else 0,
+                      "status": status, "updated_at": progress.get("updated_at")})
+    return found
 
 
 # ---------------------------------------------------------------- writing a run
@@ -373,7 +402,10 @@ def _inspect(path: Path, allow_missing_model: bool = False) -> RunInfo | Skipped
     except RunError:  # 20261399T..., say: every reader of a run's label would fail on it
         return Skipped(name, "folder name is not a run id (its time is not a date)")
     required = [f for f in REQUIRED_FILES if not (allow_missing_model and f == MODEL_FILE)]
-    missing = [f for f in required if not (path / f).is_file()]
+    try:
+        missing = [f for f in required if not (path / f).is_file()]
+    except OSError as exc:  # a folder we may not enter: skip it, do not fail the whole listing
+        return Skipped(name, f"cannot be read ({exc.strerror or exc.__class__.__name__})")
     if missing:
         return Skipped(name, f"incomplete run, missing {', '.join(missing)}")
     try:

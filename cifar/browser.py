@@ -23,8 +23,11 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-# JavaScript: true once Streamlit has finished its script run and drawn it.
-PAGE_IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')
+# JavaScript: true once Streamlit has finished its script run and drawn it. The
+# script state comes first: the status widget shows only after a delay, so a
+# page whose script is still running (a table not yet sent) can look idle.
+PAGE_IDLE = """() => document.querySelector('[data-testid="stApp"]')?.dataset.testScriptState === 'notRunning'
+    && !document.querySelector('[data-testid="stStatusWidget"]')
     && !document.querySelector('[data-stale="true"]')
     && !document.querySelector('[data-testid="stSkeleton"], [data-testid="stSpinner"]')
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))

@@ -1,7 +1,11 @@
 """Command line: `python -m cifar COMMAND ...` (see `python -m cifar --help`).
 
 Every expected failure (bad flag value, unknown model, missing data, broken
-image) exits non-zero with one clear line on stderr, never a traceback.
+image) exits non-zero with one clear line on stderr, never a traceback. An
+unforeseen one still gets a single line naming the exception (exit 1;
+CIFAR_TRACEBACK=1 shows the traceback), and Ctrl-C at any point exits 130
+with a line saying what was kept: every write is atomic, so an interruption
+never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="top-3 classes of image files with a run's model")
     predict.add_argument("run_id")
     predict.add_argument("images", nargs="+")
-    predict.add_argument("--top", type=whole_number, default=3)
+    predict.add_argument("--top", type=_top_k, default=3, help="classes shown per image, 1 to 10 (default 3)")
 
     data = sub.add_parser("data", help="dataset utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
@@ -106,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     if add_jobs_parser:
         add_jobs_parser(sub)
     return parser
+
+
+def _top_k(text: str) -> int:
+    """argparse type of predict's --top: 1..10 classes."""
+    from cifar import NUM_CLASSES
+    value = whole_number(text)
+    if not 1 <= value <= NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"expected 1 to {NUM_CLASSES} classes, got '{text}'")
+    return value
 
 
 def _exit_on_sigterm(signum, frame):
@@ -155,22 +168,78 @@ def _needs_backend(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if _needs_backend(args):
-        start_backend_quietly()
+    _safe_output()
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        _check_artifacts_root(args)
+        if _needs_backend(args):
+            start_backend_quietly()
         return COMMANDS[args.command](args) or 0
     except CifarError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, permissions: say which file, no traceback
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        print(f"error: {_describe_os_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; resume with: python -m cifar resume RUN_ID (see python -m cifar runs --all)",
-              file=sys.stderr)
+        print(f"interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
+    except RecursionError:  # a hostile file nested thousands of levels deep (JSON, pickle)
+        print("error: a file read is nested too deeply to be read (it is damaged or not one this tool "
+              "wrote); re-run with CIFAR_TRACEBACK=1 to see which", file=sys.stderr)
+        if os.environ.get("CIFAR_TRACEBACK"):
+            raise
+        return 1
+    except Exception as exc:  # the backstop: an input no check foresaw still gets one line
+        if os.environ.get("CIFAR_TRACEBACK"):
+            raise
+        print(f"error: unexpected {exc.__class__.__name__}: {str(exc)[:500]}. Re-run with CIFAR_TRACEBACK=1 "
+              "for the details and report them", file=sys.stderr)
+        return 1
+
+
+def _safe_output() -> None:
+    """Never fail on printing: a file name with undecodable bytes goes back out
+    as those bytes on a UTF-8 stdout, and any text is escaped on a narrower one
+    (PYTHONIOENCODING=ascii, a non-UTF-8 locale)."""
+    for stream in (sys.stdout, sys.stderr):
+        if not hasattr(stream, "reconfigure"):
+            continue  # replaced (pytest's capture, a StringIO)
+        utf8 = (stream.encoding or "").lower().replace("-", "") == "utf8"
+        with contextlib.suppress(ValueError, OSError):
+            stream.reconfigure(errors="surrogateescape" if utf8 and stream is sys.stdout else "backslashreplace")
+
+
+def _check_artifacts_root(args) -> None:
+    """$CIFAR_ARTIFACTS must name a folder (or nothing yet): a file there would
+    otherwise read as 'no runs' and fail later with a bare OSError."""
+    if args.command in ("models", "data"):
+        return
+    from cifar import artifacts
+    root = artifacts.root()
+    if root.exists() and not root.is_dir():
+        raise CifarError(f"the artifacts folder {root} is a file, not a folder; point $CIFAR_ARTIFACTS "
+                         "at a folder (it is created if missing) or unset it")
+
+
+def _describe_os_error(exc: OSError) -> str:
+    what = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    if isinstance(exc, PermissionError):
+        return (f"{what}. Check that you may read and write it; runs, work and jobs live under "
+                f"$CIFAR_ARTIFACTS (or artifacts/ beside the package)")
+    return what
+
+
+def _after_interrupt(args) -> str:
+    """What an interrupted command left, and what to do next."""
+    command = getattr(args, "command", None)
+    if command in ("train", "resume"):
+        return ("the run keeps its completed epochs; resume with: python -m cifar resume RUN_ID "
+                "(see python -m cifar runs --all)")
+    if command == "jobs" and getattr(args, "jobs_command", None) in ("submit", "robustness", "logs"):
+        return "queued jobs carry on in the background; see python -m cifar jobs list"
+    return "nothing already saved was lost or half-written"
 
 
 # ---------------------------------------------------------------- commands
@@ -194,10 +263,22 @@ def cmd_train(args) -> int:
     if source_run and "note" not in overrides:
         overrides["note"] = f"retrain of {source_run}"
     config = resolve_config(args.model, overrides, base=base)
+    if args.run_id is not None:
+        _check_run_id_for(args.run_id, config.model)
     print(f"training {config.model}: {json.dumps(config.to_dict())}", flush=True)
     run_id = start_run(config, run_id=args.run_id, verbose=2 if args.quiet else 1)
     _print_summary(run_id)
     return 0
+
+
+def _check_run_id_for(run_id: str, model: str) -> None:
+    """A chosen run id must be a real one (its time a date) and name the model trained:
+    listings, the dashboard and `--config` read the model from it."""
+    from cifar import artifacts
+    parts = artifacts.parse_run_id(run_id)
+    if parts.model != model:
+        raise CifarError(f"--run-id {run_id} names model {parts.model}, but this trains {model}; leave "
+                         f"--run-id out for a new id, or use one like {artifacts.new_run_id(model)}")
 
 
 def cmd_resume(args) -> int:
@@ -218,6 +299,13 @@ def _print_summary(run_id: str) -> None:
 def cmd_evaluate(args) -> int:
     from cifar import artifacts
     info = artifacts.get_run(args.run_id)
+    modes = [flag for flag, given in (("--recompute", args.recompute is not None), ("--robustness", args.robustness),
+                                      ("--store-validation", args.store_validation)) if given]
+    if len(modes) > 1:
+        raise CifarError(f"{' and '.join(modes)} are separate jobs: give one of them at a time")
+    if args.data is not None and not (args.robustness or args.store_validation):
+        raise CifarError("--data is read only with --robustness or --store-validation; to re-evaluate on "
+                         "another copy use --recompute DATA")
     if args.robustness:
         return _evaluate_robustness(args)
     if args.store_validation:
@@ -228,7 +316,7 @@ def cmd_evaluate(args) -> int:
         print(f"run {args.run_id}: stored {stored['images']:,} validation predictions "
               f"(validation accuracy {stored['accuracy']:.4f})")
         return 0
-    if args.recompute:
+    if args.recompute is not None:
         from cifar.data import load_cifar10
         from cifar.evaluate import evaluate
         from cifar.predict import load_model
@@ -289,8 +377,7 @@ def cmd_runs(args) -> int:
     for s in skipped:
         print(f"skipped {s.name}: {s.reason}", file=sys.stderr)
     if args.all:
-        from cifar.train import interrupted_runs
-        for row in interrupted_runs():
+        for row in artifacts.interrupted_runs():
             print(f"{row['run_id']:45} in progress or interrupted after {row['completed_epochs']} epochs "
                   f"({row['status']}); resume with: python -m cifar resume {row['run_id']}")
     return 0
@@ -303,7 +390,7 @@ def cmd_predict(args) -> int:
     if any("image" in result for result in decoded):
         start_backend_quietly()
     failures = 0
-    for result in predict_decoded(args.run_id, decoded, k=args.top or 3):
+    for result in predict_decoded(args.run_id, decoded, k=args.top):
         if "error" in result:
             failures += 1
             print(f"{result['file']}: error: {result['error']}", file=sys.stderr)

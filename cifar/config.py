@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -147,6 +148,8 @@ def resolve_config(model: str | None, overrides: dict | None = None, *, base: di
         # A subset keeps the recipe's share, a tenth (5,000 of 50,000): the full
         # 5,000 would swallow a subset of 500 per class whole.
         values["val_size"] = min(spec.recipe.get("val_size", FIELDS["val_size"].default), max(10, limit))
+    if not values["data"].strip():
+        raise CifarError("--data is empty: give 'keras' (the download) or the path of a CIFAR-10 copy")
     if values["data"] != "keras":
         # Stored absolute, so `resume` and `evaluate --recompute` find it from any directory.
         values["data"] = os.path.abspath(os.path.expanduser(values["data"]))
@@ -171,7 +174,7 @@ def config_from_source(source: str) -> tuple[dict, str | None]:
     if text.startswith("{"):
         try:
             return json.loads(text), None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise CifarError(f"--config is not valid JSON ({exc})") from None
     try:
         run_id = artifacts.check_run_id(text)
@@ -184,7 +187,7 @@ def config_from_source(source: str) -> tuple[dict, str | None]:
         raise CifarError(f"--config takes a run id, a JSON object or a JSON file; '{source}' is none of these")
     try:
         payload = artifacts.read_json(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CifarError(f"--config file {path} cannot be read as JSON ({exc})") from None
     if isinstance(payload, dict) and isinstance(payload.get("config"), dict) and "run_id" in payload:
         return dict(payload["config"]), payload["run_id"]  # a run's metadata.json
@@ -260,27 +263,37 @@ def _typed(values: dict) -> dict:
     return out
 
 
+# Far above any real use, low enough that no library overflows on them.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_COUNT = 1 << 31  # images per class, validation images
+
+
 def validate(config: RunConfig) -> None:
     def bad(name, message):
         raise CifarError(f"{flag_of(name)} {message} (got {getattr(config, name)})")
-    if config.epochs < 1:
-        bad("epochs", "must be at least 1")
-    if config.batch_size < 1:
-        bad("batch_size", "must be at least 1")
+    for name, kind in _TYPES.items():
+        value = getattr(config, name)
+        if float in typing.get_args(kind) + (kind,) and value is not None and not math.isfinite(value):
+            bad(name, "must be a finite number")
+    if not 1 <= config.epochs <= MAX_EPOCHS:
+        bad("epochs", f"must be between 1 and {MAX_EPOCHS:,}")
+    if not 1 <= config.batch_size <= MAX_BATCH_SIZE:
+        bad("batch_size", f"must be between 1 and {MAX_BATCH_SIZE:,}")
     if not config.learning_rate > 0:
         bad("learning_rate", "must be positive")
     for name in ("precision", "optimizer"):
         choices = FIELDS[name].metadata["choices"]
         if getattr(config, name) not in choices:
             bad(name, f"must be one of {', '.join(choices)}")
-    if config.limit_per_class is not None and config.limit_per_class < 1:
-        bad("limit_per_class", "must be at least 1")
+    if config.limit_per_class is not None and not 1 <= config.limit_per_class <= MAX_COUNT:
+        bad("limit_per_class", f"must be between 1 and {MAX_COUNT:,}")
     if not 0 <= config.seed < 2**32:
         bad("seed", f"must be between 0 and {2**32 - 1}")
-    if config.early_stopping_patience is not None and config.early_stopping_patience < 1:
+    if config.early_stopping_patience is not None and not 1 <= config.early_stopping_patience <= MAX_EPOCHS:
         bad("early_stopping_patience", "must be at least 1 epoch, or 0 for no early stopping")
-    if config.val_size < 0:
-        bad("val_size", "cannot be negative")
+    if not 0 <= config.val_size <= MAX_COUNT:
+        bad("val_size", f"must be between 0 and {MAX_COUNT:,}")
     if config.input_size is not None and not 32 <= config.input_size <= 512:
         bad("input_size", "must be between 32 and 512")
     for name in ("label_smoothing", "momentum", "warmup_fraction"):
@@ -299,13 +312,16 @@ def validate(config: RunConfig) -> None:
 # ---------------------------------------------------------------- command-line flags
 
 def whole_number(text: str) -> int:
-    """argparse type: an integer >= 0 (flags of every command use it)."""
+    """argparse type: an integer >= 0 (flags of every command use it), below 2**63
+    so that no library it reaches (numpy, SQLite) overflows."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    if value >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected a number below 2**63, got '{text}'")
     return value
 
 

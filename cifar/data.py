@@ -47,7 +47,7 @@ import numpy as np
 
 from cifar import CLASS_NAMES, IMAGE_SHAPE, NUM_CLASSES
 from cifar.atomic import atomic_file
-from cifar.data_files import ALTERNATIVES, SPLITS, load_path
+from cifar.data_files import ALTERNATIVES, SPLITS, load_path, walk_folder
 from cifar.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ def load_cifar10(source: str | os.PathLike | None = "keras", *, use_cache: bool 
         path = Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data source '{source}' does not exist. {ALTERNATIVES}")
+        if not (path.is_dir() or path.is_file()):  # reading a pipe or a device would never end
+            raise DataError(f"data source '{source}' is not a folder or a file (a pipe, socket or device). "
+                            f"{ALTERNATIVES}")
         key, build, name = _source_key(path), (lambda: load_path(path)), path.name
 
     cached = _read_cache(key) if use_cache else None
@@ -229,13 +232,16 @@ def _source_key(path: Path) -> str:
     """Cheap cache key: an archive's sha256, or a folder's paths, sizes and mtimes."""
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
     if path.is_dir():
-        for here, dirnames, filenames in os.walk(path, followlinks=True):
-            dirnames.sort()
-            for name in sorted(filenames):
+        for here, _, filenames in walk_folder(path):
+            for name in filenames:
                 full = Path(here, name)
-                stat = full.stat()
+                try:
+                    stat = full.stat()
+                except OSError as exc:
+                    raise DataError(f"cannot read '{full}': {exc.strerror or exc}") from exc
+                # surrogateescape: a file name that is not UTF-8 still has a key
                 digest.update(f"{full.relative_to(path).as_posix()}\0{stat.st_size}\0"
-                              f"{stat.st_mtime_ns}\n".encode())
+                              f"{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     else:
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):

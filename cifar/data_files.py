@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import posixpath
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -138,20 +139,49 @@ def _is_skipped(parts) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in parts)
 
 
+def walk_folder(root: Path, skip: Callable[[str], bool] = lambda name: False):
+    """os.walk of a dataset folder, following links as a user's copy may use them,
+    sorted, without the names `skip` rejects. Refuses instead of looping or
+    silently leaving files out: a folder reached twice (a symbolic link loop)
+    and a folder that cannot be listed are DataErrors."""
+    seen = set()
+
+    def unreadable(exc: OSError):
+        raise DataError(f"cannot read folder '{exc.filename}' ({exc.strerror or exc}); check that you may "
+                        "read it, or remove it from the dataset.")
+    for here, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        try:
+            info = os.stat(here)
+        except OSError as exc:
+            unreadable(exc)
+        if (info.st_dev, info.st_ino) in seen:
+            raise DataError(f"'{here}' is a link back to a folder already read (a symbolic link loop); "
+                            "remove the link from the dataset.")
+        seen.add((info.st_dev, info.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not skip(d))
+        yield here, dirnames, sorted(f for f in filenames if not skip(f))
+
+
 def _folder_tree(root: Path) -> _Tree:
-    tree = _Tree(root, is_archive=False, reader=lambda name: (root / name).read_bytes())
-    for here, dirnames, filenames in os.walk(root, followlinks=True):
+    def read(name: str) -> bytes:
+        try:
+            return (root / name).read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read '{root / name}': {exc.strerror or exc}") from exc
+    tree = _Tree(root, is_archive=False, reader=read)
+    for here, dirnames, filenames in walk_folder(root, skip=lambda name: _is_skipped([name])):
         rel = Path(here).relative_to(root).as_posix()
         rel = "" if rel == "." else rel + "/"
-        dirnames[:] = sorted(d for d in dirnames if not _is_skipped([d]))
         tree.dirs.update(rel + d for d in dirnames)
         for name in filenames:
-            if not _is_skipped([name]):
-                try:
-                    size = os.stat(Path(here, name)).st_size
-                except OSError as exc:
-                    raise DataError(f"cannot read '{Path(here, name)}': {exc.strerror or exc}") from exc
-                tree.add_file(rel + name, size)
+            try:
+                info = os.stat(Path(here, name))
+            except OSError as exc:
+                raise DataError(f"cannot read '{Path(here, name)}': {exc.strerror or exc}") from exc
+            if not stat.S_ISREG(info.st_mode):  # reading a pipe or a device would never end
+                raise DataError(f"'{Path(here, name)}' is not a regular file (a pipe, socket or device); "
+                                "remove it from the dataset.")
+            tree.add_file(rel + name, info.st_size)
     return tree
 
 

@@ -61,9 +61,12 @@ def _env_number(name: str, default: float) -> float:
     if not text:
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise CifarError(f"${name} must be a number (got '{text}')") from None
+    if not 0 <= value < 1e9:  # NaN, infinity and negative waits would hang or crash the worker
+        raise CifarError(f"${name} must be a finite number >= 0 (got '{text}'); unset it for the default")
+    return value
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,8 @@ def parse_seeds(text: str) -> list[int]:
             raise CifarError(f"seeds must look like 0-4 or 0,2,5 (got '{text}')") from None
         if first < 0 or last < first:
             raise CifarError(f"seeds must be whole numbers >= 0, ranges low-high (got '{part}')")
+        if last - first >= MAX_SEEDS or last >= 2**32:  # before expanding: '0-10**20' must not hang
+            raise CifarError(f"at most {MAX_SEEDS} seeds in one sweep, each below 2**32 (got '{text}')")
         seeds += [s for s in range(first, last + 1) if s not in seeds]
         if len(seeds) > MAX_SEEDS:
             raise CifarError(f"at most {MAX_SEEDS} seeds in one sweep (got '{text}')")

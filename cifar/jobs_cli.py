@@ -33,7 +33,7 @@ def add_jobs_parser(subparsers) -> None:
     sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="SUBCOMMAND")
 
     listing = sub.add_parser("list", help="queued and running jobs, then recent ones")
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--limit", type=_positive_whole, default=20, help="at most this many jobs (default 20)")
     listing.add_argument("--json", action="store_true")
 
     submit = sub.add_parser("submit", help="queue a training; prints the job id")
@@ -63,18 +63,18 @@ def add_jobs_parser(subparsers) -> None:
                             help="GPUs the job reserves on a Ray cluster (default 0)")
 
     cancel = sub.add_parser("cancel", help="stop a queued or running job (nothing of it is kept)")
-    cancel.add_argument("job_id", type=int)
+    cancel.add_argument("job_id", type=_job_id)
 
     logs = sub.add_parser("logs", help="the job's training output")
-    logs.add_argument("job_id", type=int)
-    logs.add_argument("--lines", type=int, default=200)
+    logs.add_argument("job_id", type=_job_id)
+    logs.add_argument("--lines", type=_positive_whole, default=200, help="last lines shown (default 200)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
 
     resume = sub.add_parser("resume", help="re-queue a lost or failed job from its last completed epoch")
-    resume.add_argument("job_id", type=int)
+    resume.add_argument("job_id", type=_job_id)
 
     worker = sub.add_parser("worker", help="run the worker that starts queued jobs (one per machine)")
-    worker.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+    worker.add_argument("--idle-exit", type=_non_negative, default=None, metavar="SECONDS",
                         help="exit after this long with nothing queued or running (default: never)")
 
 
@@ -83,8 +83,34 @@ def _non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
-    if not 0 <= value < 1e6:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'")
+    if not 0 <= value < 1e6:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1e6, got '{text}'")
+    return value
+
+
+# SQLite integers are 64-bit; a bigger id or limit would overflow inside the query.
+_MAX_ID = 2**63 - 1
+
+
+def _positive_whole(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of jobs or lines)."""
+    from cifar.config import whole_number
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got '{text}'")
+    return value
+
+
+def _job_id(text: str) -> int:
+    """argparse type: a job id as `jobs list` shows it (1, 2, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a job id (a number from: python -m cifar jobs list), "
+                                         f"got '{text}'") from None
+    if not 1 <= value <= _MAX_ID:
+        raise argparse.ArgumentTypeError(f"no job has the id '{text}'; ids are numbers from 1 "
+                                         "(see: python -m cifar jobs list)")
     return value
 
 
@@ -141,9 +167,15 @@ def run_jobs_command(args) -> int:
 
 
 def _line(job) -> str:
-    when = _dt.datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M")
-    detail = job.error or job.describe_progress()
-    return f"{job.id:>4}  {job.status:10} {when}  {job.kind:10} {job.run_id:42} {detail}"
+    try:
+        when = _dt.datetime.fromtimestamp(job.created_at).strftime("%Y-%m-%d %H:%M")
+    except (TypeError, ValueError, OverflowError, OSError):  # a damaged record's time
+        when = "?" * 16
+    try:
+        detail = job.error or job.describe_progress()
+    except (TypeError, ValueError, KeyError, AttributeError):  # a damaged record's progress
+        detail = ""
+    return f"{job.id!s:>4}  {job.status!s:10} {when}  {job.kind!s:10} {job.run_id!s:42} {detail}"
 
 
 def _whoami() -> str:

@@ -43,8 +43,8 @@ from cifar import artifacts
 from cifar.errors import CifarError
 from cifar.jobs import (DEFAULT_ROBUSTNESS_IMAGES, WHAT, Job, JobBackend, JobError, JobSettings,
                         job_command, prepare_request, prepare_robustness, result_in_place, result_summary)
-from cifar.jobs_store import (LOG_TAIL_LINES, PACKAGE_PARENT, RESULT_OF, JobStore, check_resumable, error_line,
-                              lost_note, refuse_a_second_evaluation)
+from cifar.jobs_store import (LOG_TAIL_LINES, PACKAGE_PARENT, RESULT_OF, JobDatabaseError, JobStore,
+                              check_resumable, error_line, lost_note, refuse_a_second_evaluation)
 
 
 SCHEMA = """
@@ -351,7 +351,9 @@ class LocalProcessBackend(JobStore, JobBackend):
                 for row in self._rows("SELECT * FROM jobs WHERE status = 'running'"):
                     self._settle(row)
                 self._start_queued(children)
-            except sqlite3.OperationalError as exc:  # e.g. locked for 30 s by a stuck writer
+            except JobDatabaseError as exc:  # e.g. locked for 30 s by a stuck writer
+                if not isinstance(exc.__cause__, sqlite3.OperationalError):
+                    raise  # a damaged file stays damaged: retrying every second helps nobody
                 print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker: {exc}; retrying", file=sys.stderr,
                       flush=True)
             if children or self._rows("SELECT id FROM jobs WHERE status IN ('queued', 'running') LIMIT 1"):
@@ -470,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m cifar.jobs_local", description="Run the job worker.")
     parser.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS")
-    LocalProcessBackend().run_worker(idle_exit=parser.parse_args(argv).idle_exit)
+    try:
+        LocalProcessBackend().run_worker(idle_exit=parser.parse_args(argv).idle_exit)
+    except CifarError as exc:  # one line in worker.log, like the CLI's
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker stopped: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

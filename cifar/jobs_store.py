@@ -34,14 +34,19 @@ class JobStore:
     _schema_ready = False
 
     def _connect(self) -> sqlite3.Connection:
-        if not self._schema_ready:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        if not self._schema_ready:  # once per backend object: schema, migrations, indexes
-            self._prepare(con)
-            self._schema_ready = True
-        return con
+        with self._database_errors():
+            if not self._schema_ready:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            if not self._schema_ready:  # once per backend object: schema, migrations, indexes
+                try:
+                    self._prepare(con)
+                except BaseException:
+                    con.close()
+                    raise
+                self._schema_ready = True
+            return con
 
     def _prepare(self, con: sqlite3.Connection) -> None:
         con.executescript(self.SCHEMA)
@@ -53,15 +58,25 @@ class JobStore:
         """A backend's own migrations of older databases (none by default)."""
 
     @contextlib.contextmanager
+    def _database_errors(self):
+        """SQLite's failures as one JobDatabaseError saying what to do with the file."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise JobDatabaseError(self.db_path, exc) from exc
+
+    @contextlib.contextmanager
     def _transaction(self):
         con = self._connect()
         try:
-            con.execute("BEGIN IMMEDIATE")
-            yield con
-            con.execute("COMMIT")
+            with self._database_errors():
+                con.execute("BEGIN IMMEDIATE")
+                yield con
+                con.execute("COMMIT")
         except BaseException:
             if con.in_transaction:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # a broken file may refuse even this
+                    con.execute("ROLLBACK")
             raise
         finally:
             con.close()
@@ -69,7 +84,8 @@ class JobStore:
     def _rows(self, sql: str, params=()) -> list[sqlite3.Row]:
         con = self._connect()
         try:
-            return con.execute(sql, params).fetchall()
+            with self._database_errors():
+                return con.execute(sql, params).fetchall()
         finally:
             con.close()
 
@@ -91,14 +107,42 @@ class JobStore:
             if not progress and artifacts.run_dir(row["run_id"]).exists():
                 progress = {"status": "completed"}  # published; the process is exiting
         else:
-            progress = json.loads(row["last_progress"] or "{}")
-        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=json.loads(row["config"]),
+            progress = _json_object(row["last_progress"])
+        return Job(id=row["id"], run_id=row["run_id"], model=row["model"], config=_json_object(row["config"]),
                    status=row["status"], submitted_by=row["submitted_by"], created_at=row["created_at"],
                    queued_at=row["queued_at"], started_at=row["started_at"],
                    finished_at=row["finished_at"], attempt=row["attempt"], error=row["error"],
                    log_tail=row["log_tail"], cancel_requested=row["cancel_requested_at"] is not None,
                    pgid=row["pgid"] if "pgid" in row.keys() else None, progress=progress, reused=reused,
-                   kind=row["kind"], payload=json.loads(row["payload"]))
+                   kind=row["kind"], payload=_json_object(row["payload"]))
+
+
+def _json_object(text) -> dict:
+    """A record's JSON column as a dict; {} for NULL or damage (a hand-edited or torn
+    database), so one bad record never hides the others. Such a job then fails on
+    resume with a message, instead of `jobs list` failing."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class JobDatabaseError(JobError):
+    """The job database cannot be opened, read or written."""
+
+    def __init__(self, path: Path, exc: sqlite3.DatabaseError):
+        reason = str(exc)
+        if "locked" in reason or "busy" in reason:
+            advice = "another process holds it (a worker or a submit); try again in a moment"
+        elif "readonly" in reason or "unable to open" in reason:
+            advice = ("check that it is a file you may read and write, in a folder you may write "
+                      "($CIFAR_ARTIFACTS moves it)")
+        else:
+            advice = ("it is damaged or not a job database: move it aside (the jobs it recorded are "
+                      "forgotten; runs are not touched) and try again")
+        super().__init__(f"the job database {path} cannot be used ({reason}); {advice}")
+        self.transient = "locked" in reason or "busy" in reason
 
 
 def migrate_job_kinds(con: sqlite3.Connection, schema: str) -> None:

@@ -42,7 +42,9 @@ def start_run(config: RunConfig, run_id: str | None = None, verbose: int = 1) ->
     """Train a new run and publish it; returns its run id."""
     run_id = run_id or artifacts.new_run_id(config.model)
     work = artifacts.work_dir(run_id)
-    if (work / STATE_FILE).exists() or artifacts.run_dir(run_id).exists():
+    if artifacts.run_dir(run_id).exists():
+        raise RunError(f"run {run_id} is already published; leave --run-id out to train a new run")
+    if (work / STATE_FILE).exists():
         raise RunError(f"run {run_id} already exists; resume it with: python -m cifar resume {run_id}")
     work.mkdir(parents=True, exist_ok=True)
     artifacts.write_json_atomic(work / CONFIG_FILE, config.to_dict())
@@ -62,26 +64,6 @@ def resume_run(run_id: str, verbose: int = 1) -> str:
     except (OSError, ValueError, TypeError) as exc:
         raise RunError(f"the config of run {run_id} is damaged ({exc}); start a new run") from exc
     return _train(run_id, config, verbose)
-
-
-def interrupted_runs() -> list[dict]:
-    """Runs with a work folder but no published result (crashed or running)."""
-    base = artifacts.work_root()
-    found = []
-    for path in sorted(base.iterdir()) if base.is_dir() else []:
-        if not artifacts.is_run_id(path.name) or artifacts.run_dir(path.name).exists():
-            continue  # not a run's folder; or published, and only the clean-up was interrupted
-        try:
-            state = _read_state(path)
-        except RunError:
-            state = {}
-        progress = read_progress(artifacts.progress_path(path.name))
-        status = progress.get("status", "unknown")
-        if status == "running" and not artifacts.process_alive(progress.get("pid")):
-            status = "interrupted"
-        found.append({"run_id": path.name, "completed_epochs": state.get("completed_epochs", 0),
-                      "status": status, "updated_at": progress.get("updated_at")})
-    return found
 
 
 # ---------------------------------------------------------------- the run
@@ -317,14 +299,42 @@ def _best_epoch(history: list[dict]) -> int:
     return int(max(history, key=lambda row: row[key])["epoch"]) if history else 0
 
 
+# What _checkpoint writes to state.json and resuming relies on; the optional
+# keys came later, so older work folders may lack them (read with defaults).
+_STATE_TYPES = {"completed_epochs": int, "checkpoint": str, "history": list, "data_fingerprint": str}
+_OPTIONAL_STATE_TYPES = {"train_seconds": (int, float), "elapsed_seconds": (int, float), "source": dict,
+                         "best_weights": (str, type(None))}
+
+
+def _state_problems(state) -> list[str]:
+    if not isinstance(state, dict):
+        return ["not an object"]
+    kinds = _STATE_TYPES | {key: kind for key, kind in _OPTIONAL_STATE_TYPES.items() if key in state}
+    problems = [key for key, kind in kinds.items()
+                if isinstance(state.get(key), bool) or not isinstance(state.get(key), kind)]
+    if "history" not in problems and not all(isinstance(row, dict) and isinstance(row.get("seconds"), (int, float))
+                                             for row in state["history"]):
+        problems.append("history rows")
+    for key in ("checkpoint", "best_weights"):  # files of the work folder, never paths out of it
+        if key not in problems and state.get(key) and Path(state[key]).name != state[key]:
+            problems.append(key)
+    return problems
+
+
 def _read_state(work) -> dict:
+    """The work folder's state.json, {} before the first checkpoint; RunError
+    when it is unreadable or not what _checkpoint writes."""
     path = work / STATE_FILE
     if not path.exists():
         return {}
     try:
-        return artifacts.read_json(path)
+        state = artifacts.read_json(path)
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} is damaged ({exc.__class__.__name__}); start a new run") from exc
+    problems = _state_problems(state)
+    if problems:
+        raise RunError(f"{path} is damaged ({', '.join(problems)} not as written); start a new run")
+    return state
 
 
 def _checkpoint(model, work, epochs_done, history, fingerprint, train_seconds, source, best) -> None:

@@ -185,7 +185,7 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(tiny_data):
 
 
 def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
-    from cifar.train import _exclusive, interrupted_runs, resume_run
+    from cifar.train import _exclusive, resume_run
     run_id = artifacts.new_run_id("cnn_baseline")
     work = artifacts.work_dir(run_id)
     with _exclusive(work, run_id):
@@ -196,10 +196,28 @@ def test_one_process_per_run_and_damaged_work_folders_are_reported(tiny_data):
     artifacts.write_json_atomic(work / artifacts.CONFIG_FILE, config.to_dict())
     (work / artifacts.STATE_FILE).write_text("{half a json")
     artifacts.write_json_atomic(artifacts.progress_path(run_id), {"status": "running", "pid": 2**22 + 12345})
-    assert [(r["run_id"], r["status"]) for r in interrupted_runs()] == [(run_id, "interrupted")]
+    assert [(r["run_id"], r["status"]) for r in artifacts.interrupted_runs()] == [(run_id, "interrupted")]
     with pytest.raises(RunError, match="damaged"):
         resume_run(run_id, verbose=0)
     assert json.loads(artifacts.progress_path(run_id).read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("state, named", [
+    ([1, 2], "not an object"),
+    ({"completed_epochs": "2", "checkpoint": "c.keras", "history": [], "data_fingerprint": "f"}, "completed_epochs"),
+    ({"completed_epochs": 1, "checkpoint": "../../elsewhere.keras", "history": [], "data_fingerprint": "f"},
+     "checkpoint"),
+    ({"completed_epochs": 1, "checkpoint": "c.keras", "history": [{"seconds": "x"}], "data_fingerprint": "f"},
+     "history rows"),
+    ({"completed_epochs": 1, "checkpoint": "c.keras", "history": [], "data_fingerprint": "f", "source": None},
+     "source")])
+def test_a_state_file_of_the_wrong_shape_is_named_damaged_before_anything_loads(state, named):
+    from cifar.train import _read_state
+    work = artifacts.work_dir(artifacts.new_run_id("cnn_baseline"))
+    work.mkdir(parents=True)
+    artifacts.write_json_atomic(work / artifacts.STATE_FILE, state)
+    with pytest.raises(RunError, match=rf"damaged \(.*{named}.* not as written\); start a new run"):
+        _read_state(work)
 
 
 def test_track_test_records_test_accuracy_each_epoch_without_touching_training(tiny_data):

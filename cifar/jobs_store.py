@@ -59,9 +59,13 @@ class JobStore:
 
     @contextlib.contextmanager
     def _database_errors(self):
-        """SQLite's failures as one JobDatabaseError saying what to do with the file."""
+        """SQLite's failures as one JobDatabaseError saying what to do with the file.
+        A broken constraint is the caller's to handle (a second training of one
+        run id, say), not a sign of a damaged file: it passes through as is."""
         try:
             yield
+        except sqlite3.IntegrityError:
+            raise
         except sqlite3.DatabaseError as exc:
             raise JobDatabaseError(self.db_path, exc) from exc
 

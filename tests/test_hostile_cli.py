@@ -306,9 +306,12 @@ def test_ctrl_c_says_what_was_kept(capsys, monkeypatch, argv, says):
 
 
 def _cli_process(*argv) -> subprocess.Popen:
+    """`python -m cifar ARGV` as from a terminal: with Ctrl-C's default action,
+    which a suite started in the background (`cmd &`) would pass on as ignored."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "cifar", *argv], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_ctrl_c_to_a_real_process_exits_130_without_a_traceback():

@@ -341,6 +341,30 @@ def test_a_listing_survives_deep_json_and_a_run_id_that_is_no_date(runs):
 
 # ---------------------------------------------------------------- the jobs database
 
+def test_the_retrain_page_lists_jobs_whose_records_are_damaged_with_the_others(runs):
+    import sqlite3
+    import time
+
+    from cifar import jobs
+    jobs.get_backend().list_jobs()  # creates the database with its schema
+    now = time.time()
+    with sqlite3.connect(artifacts.jobs_database_path()) as con:
+        for suffix, config, payload, created in (("00a1", "not json", "{}", now), ("00a2", "{}", "[1]", 1e300),
+                                                 ("00a3", '{"epochs": "many"}', "{}", now)):
+            run_id = f"20261120T090000Z-cnn_baseline-{suffix}"
+            con.execute("INSERT INTO jobs (run_id, model, kind, config, payload, config_key, status, created_at, "
+                        "queued_at) VALUES (?, 'cnn_baseline', 'train', ?, ?, ?, 'failed', ?, ?)",
+                        (run_id, config, payload, run_id, created, now))
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.secrets.update({"retrain": {}})
+    app.run()
+    app.switch_page(PAGES[-1]).run()
+    assert_usable(app, PAGES[-1])
+    assert not [e.value for e in app.error if "job" in e.value.lower()]
+    shown = " ".join(str(getattr(element, "value", "")) for element in app.main)
+    assert all(f"00a{i}" in shown for i in (1, 2, 3)), shown[:2000]
+
+
 @pytest.mark.parametrize("damage", ["garbage", "folder"])
 def test_the_retrain_page_says_when_the_jobs_database_is_damaged(runs, damage):
     database = artifacts.jobs_database_path()

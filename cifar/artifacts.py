@@ -38,6 +38,7 @@ The root is `artifacts/` next to the package, or $CIFAR_ARTIFACTS.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
 import hashlib
@@ -604,8 +605,13 @@ def run_file_paths(run_id: str) -> dict[str, Path]:
 
 
 def run_file_sizes(run_id: str) -> dict[str, int]:
-    """Name -> size in bytes of every file of a run."""
-    return {name: path.stat().st_size for name, path in run_file_paths(run_id).items()}
+    """Name -> size in bytes of every file of a run (one deleted since the
+    listing, as by a run being replaced, is left out rather than failing)."""
+    sizes = {}
+    for name, path in run_file_paths(run_id).items():
+        with contextlib.suppress(FileNotFoundError):
+            sizes[name] = path.stat().st_size
+    return sizes
 
 
 def read_run_file(run_id: str, name: str) -> bytes:

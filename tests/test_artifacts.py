@@ -157,3 +157,13 @@ def test_docs_artifacts_names_every_file_the_code_writes():
     run_id = artifacts.new_run_id("cnn_baseline")
     assert artifacts.work_dir(run_id).parent.name == "work" and "work/<run_id>/" in doc
     assert artifacts.staging_folder_name(run_id).startswith(f"{run_id}.") and ".staging/<run_id>.<host>-<pid>.<hex>/" in doc
+
+
+def test_file_sizes_leave_out_a_file_deleted_since_the_listing(monkeypatch):
+    from fixture_runs import make_run
+    run_id = make_run("cnn_baseline", seed=3, n_test=20).run_id
+    listed = artifacts.run_file_paths(run_id)
+    gone = artifacts.run_dir(run_id) / "vanished.parquet"
+    monkeypatch.setattr(artifacts, "run_file_paths", lambda _: {**listed, gone.name: gone})
+    sizes = artifacts.run_file_sizes(run_id)
+    assert gone.name not in sizes and set(sizes) == set(listed) and all(size > 0 for size in sizes.values())

@@ -496,36 +496,34 @@ def read_metrics(info: RunInfo) -> dict:
     dashboard's cold start went to listing 50 runs)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    name, remedy = "metrics", "delete the run folder or re-run it"
-    data = (info.path / f"{name}.parquet").read_bytes()
-    _verified(info, f"{name}.parquet", data)
-    try:
-        table = pq.read_table(pa.BufferReader(data))
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise RunError(f"table {name} of run {info.run_id} is damaged ({exc.__class__.__name__}); "
-                       f"{remedy}") from exc
     # Every metrics column is a number: types and row count are the whole schema check.
-    problems = run_schema.check_footer(name, table.schema, table.num_rows)
-    if problems:
-        raise RunError(f"table {name} of run {info.run_id} does not match its schema "
-                       f"({'; '.join(problems)}); {remedy}")
+    table = _read_checked(info, "metrics", "delete the run folder or re-run it",
+                          lambda data: pq.read_table(pa.BufferReader(data)),
+                          lambda table: run_schema.check_footer("metrics", table.schema, table.num_rows))
     return {column: float("nan") if value is None else value for column, value in table.to_pylist()[0].items()}
 
 
 def _read_checked_table(info: RunInfo, name: str, remedy: str) -> pd.DataFrame:
     """A table's bytes checked against the manifest, parsed, and checked against its schema."""
+    return _read_checked(info, name, remedy, lambda data: pd.read_parquet(io.BytesIO(data)),
+                         lambda frame: run_schema.check_table(name, frame))
+
+
+def _read_checked(info: RunInfo, name: str, remedy: str, parse, problems_of):
+    """Table `name`'s bytes checked against the manifest, `parse`d, and refused
+    with `remedy` when `problems_of` the result names any."""
     data = (info.path / f"{name}.parquet").read_bytes()
     _verified(info, f"{name}.parquet", data)
     try:
-        frame = pd.read_parquet(io.BytesIO(data))
+        parsed = parse(data)
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise RunError(f"table {name} of run {info.run_id} is damaged ({exc.__class__.__name__}); "
                        f"{remedy}") from exc
-    problems = run_schema.check_table(name, frame)
+    problems = problems_of(parsed)
     if problems:
         raise RunError(f"table {name} of run {info.run_id} does not match its schema "
                        f"({'; '.join(problems)}); {remedy}")
-    return frame
+    return parsed
 
 
 def add_optional_table(run_id: str, name: str, frame: pd.DataFrame) -> None:

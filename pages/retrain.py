@@ -38,6 +38,27 @@ def store_unreadable(what: str, exc: Exception) -> str:
             "job list.")
 
 
+def submit_or_say_why(submit):
+    """`submit(who)` once the rights are checked; its result, or None with the
+    reason shown when it was refused or failed."""
+    try:
+        return submit(check_rights())
+    except auth.NotAllowed as exc:
+        st.error(f"Not submitted: {exc}", icon=":material/lock:")
+    except CifarError as exc:
+        st.error(f"Not submitted: {exc}")
+    except Exception as exc:  # noqa: BLE001 - see job_list
+        st.error(store_unreadable("Not submitted", exc), icon=":material/database:")
+    return None
+
+
+def say_queued(job, what: str) -> None:
+    if job.reused:
+        st.info(f"The same {what} is already job {job.id} ({job.status}); no second job was queued.")
+    else:
+        st.success(f"Queued as job {job.id}.")
+
+
 def check_rights() -> str:
     """Who is acting; raises auth.NotAllowed. Every submit, cancel and resume calls it."""
     return auth.authorize(policy, auth.current_user(), st.session_state.get(TOKEN_KEY))
@@ -117,22 +138,11 @@ with st.form("retrain"):
 if submitted:
     overrides = {"data": data, "epochs": epochs, "limit_per_class": limit or None, "val_size": val_size,
                  "precision": precision}
-    try:
-        who = check_rights()
-        queued = jobs.submit_seeds(backend, model, overrides, jobs.parse_seeds(seeds), submitted_by=who,
-                                   resources=jobs.Resources(cpus=cpus, gpus=gpus))
-    except auth.NotAllowed as exc:
-        st.error(f"Not submitted: {exc}", icon=":material/lock:")
-    except CifarError as exc:
-        st.error(f"Not submitted: {exc}")
-    except Exception as exc:  # noqa: BLE001 - see job_list
-        st.error(store_unreadable("Not submitted", exc), icon=":material/database:")
-    else:
-        for job in queued:
-            if job.reused:
-                st.info(f"The same training is already job {job.id} ({job.status}); no second job was queued.")
-            else:
-                st.success(f"Queued as job {job.id}.")
+    queued = submit_or_say_why(lambda who: jobs.submit_seeds(
+        backend, model, overrides, jobs.parse_seeds(seeds), submitted_by=who,
+        resources=jobs.Resources(cpus=cpus, gpus=gpus)))
+    for job in queued or []:
+        say_queued(job, "training")
 
 # ---------------------------------------------------------------- a robustness evaluation
 
@@ -157,22 +167,13 @@ with st.form("robustness"):
     evaluate = st.form_submit_button("Evaluate robustness", disabled=signed_out)
 
 if evaluate:
-    try:
-        who = check_rights()
+    def evaluate_run(who: str):
         if evaluated is None:
             raise CifarError("there is no run to evaluate yet; train one first")
-        job = backend.submit_robustness(evaluated, int(images), submitted_by=who)
-    except auth.NotAllowed as exc:
-        st.error(f"Not submitted: {exc}", icon=":material/lock:")
-    except CifarError as exc:
-        st.error(f"Not submitted: {exc}")
-    except Exception as exc:  # noqa: BLE001 - see job_list
-        st.error(store_unreadable("Not submitted", exc), icon=":material/database:")
-    else:
-        if job.reused:
-            st.info(f"The same evaluation is already job {job.id} ({job.status}); no second job was queued.")
-        else:
-            st.success(f"Queued as job {job.id}.")
+        return backend.submit_robustness(evaluated, int(images), submitted_by=who)
+    job = submit_or_say_why(evaluate_run)
+    if job is not None:
+        say_queued(job, "evaluation")
 
 # ---------------------------------------------------------------- the jobs
 

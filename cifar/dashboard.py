@@ -13,6 +13,7 @@ one column not in the figure, `imagenet_weights`, follows the study's text
 
 from __future__ import annotations
 
+import collections
 from importlib import resources
 
 import numpy as np
@@ -46,9 +47,7 @@ def distinct_labels(labels: dict[str, str]) -> dict[str, str]:
     """{run id: label} with every label unique: runs that read alike (same
     model, id suffix and minute) get their whole run id added, since pages
     key runs by label and would otherwise show one in place of the other."""
-    seen: dict[str, int] = {}
-    for label in labels.values():
-        seen[label] = seen.get(label, 0) + 1
+    seen = collections.Counter(labels.values())
     return {run_id: f"{label} · {run_id}" if seen[label] > 1 else label for run_id, label in labels.items()}
 
 
